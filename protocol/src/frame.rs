@@ -1,0 +1,223 @@
+//! The typed frames. Control frames carry JSON (readable in a packet dump, easy to extend
+//! with optional fields); `data` carries raw bytes and `end` a fixed-width integer, so the
+//! hot path never touches a serializer.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Version spoken by this build. A peer with another version is refused at the handshake.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// One frame of the protocol. See `docs/protocol.md` for who sends what, and when.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Frame {
+    /// Client → sidecar, first frame on every connection.
+    Hello(Hello),
+    /// Sidecar → client, the answer to a compatible `Hello`.
+    Welcome(Welcome),
+    /// Client → sidecar: stream a URL's media in a format.
+    Stream(StreamJob),
+    /// Client → sidecar: report a URL's info and formats, download nothing.
+    Resolve(ResolveJob),
+    /// Sidecar → client: what the data frames will be; always before the first `Data`.
+    Metadata(Metadata),
+    /// Sidecar → client: the answer to `Resolve`.
+    Info(MediaInfo),
+    /// Sidecar → client: the next bytes of the media.
+    Data(Bytes),
+    /// Sidecar → client: the job finished; `total_bytes` data bytes were sent.
+    End {
+        /// Sum of the lengths of every `Data` payload of the job.
+        total_bytes: u64,
+    },
+    /// Sidecar → client: the job failed (or was refused); nothing follows.
+    Error(JobError),
+    /// Client → sidecar: stop the job now.
+    Cancel,
+}
+
+/// Wire values of the type byte. Kept apart from [`Frame`] so the spec's table has one home.
+pub mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const WELCOME: u8 = 0x02;
+    pub const STREAM: u8 = 0x10;
+    pub const RESOLVE: u8 = 0x11;
+    pub const METADATA: u8 = 0x20;
+    pub const INFO: u8 = 0x21;
+    pub const DATA: u8 = 0x30;
+    pub const END: u8 = 0x31;
+    pub const ERROR: u8 = 0x3f;
+    pub const CANCEL: u8 = 0x40;
+}
+
+impl Frame {
+    /// The type byte this frame is sent with.
+    pub fn kind(&self) -> u8 {
+        match self {
+            Frame::Hello(_) => kind::HELLO,
+            Frame::Welcome(_) => kind::WELCOME,
+            Frame::Stream(_) => kind::STREAM,
+            Frame::Resolve(_) => kind::RESOLVE,
+            Frame::Metadata(_) => kind::METADATA,
+            Frame::Info(_) => kind::INFO,
+            Frame::Data(_) => kind::DATA,
+            Frame::End { .. } => kind::END,
+            Frame::Error(_) => kind::ERROR,
+            Frame::Cancel => kind::CANCEL,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    pub version: u16,
+    /// Free-form name of the client, for the sidecar's logs.
+    #[serde(default)]
+    pub client: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    pub version: u16,
+    /// The sidecar's own version.
+    pub sidecar: String,
+    /// `yt-dlp --version` of the yt-dlp the sidecar runs.
+    pub yt_dlp: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamJob {
+    pub url: String,
+    /// A yt-dlp format selector (`-f`), e.g. `best`, `18`, `bv+ba`.
+    pub format: String,
+    /// Tenant the job runs for (logs, extraction cache key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// The gateway's request id, so one id follows a stream through both logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResolveJob {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Metadata {
+    /// Suggested file name (title + real extension), not sanitised for any header.
+    pub filename: String,
+    /// Extension of the container actually emitted (`mp4`, `ts`, `webm`, …).
+    pub ext: String,
+    /// MIME type of the bytes actually emitted (sniffed, not guessed from the extension).
+    pub mime: String,
+    /// Total size, only when it is known exactly before the transfer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MediaInfo {
+    pub title: Option<String>,
+    /// Seconds.
+    pub duration: Option<f64>,
+    pub thumbnail: Option<String>,
+    pub formats: Vec<FormatInfo>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FormatInfo {
+    pub id: String,
+    pub ext: Option<String>,
+    pub resolution: Option<String>,
+    pub vcodec: Option<String>,
+    pub acodec: Option<String>,
+    /// Exact (`filesize`) or approximate (`filesize_approx`) size in bytes.
+    pub size: Option<u64>,
+    pub protocol: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobError {
+    pub code: ErrorCode,
+    /// Human-readable detail (yt-dlp's own message, trimmed).
+    pub message: String,
+}
+
+/// Stable, machine-readable failure codes. Clients map these, never the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The URL or the media behind it does not exist (HTTP 404/410 upstream).
+    NotFound,
+    /// No extractor understands the URL, or the URL is not acceptable at all.
+    UnsupportedUrl,
+    /// The requested format does not exist, or cannot be delivered as one stream.
+    FormatUnavailable,
+    /// The upstream failed in another way (5xx, refused connection, broken download).
+    UpstreamFailed,
+    /// No byte for the stall timeout, or extraction took too long.
+    Timeout,
+    /// The sidecar's job queue is full.
+    Busy,
+    /// The peer broke the protocol (bad frame, wrong version, unexpected frame).
+    Protocol,
+    /// Anything else: a bug or a broken installation.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 8] = [
+        ErrorCode::NotFound,
+        ErrorCode::UnsupportedUrl,
+        ErrorCode::FormatUnavailable,
+        ErrorCode::UpstreamFailed,
+        ErrorCode::Timeout,
+        ErrorCode::Busy,
+        ErrorCode::Protocol,
+        ErrorCode::Internal,
+    ];
+
+    /// The wire spelling, also used as a metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::UnsupportedUrl => "unsupported_url",
+            ErrorCode::FormatUnavailable => "format_unavailable",
+            ErrorCode::UpstreamFailed => "upstream_failed",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Busy => "busy",
+            ErrorCode::Protocol => "protocol",
+            ErrorCode::Internal => "internal",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl JobError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        JobError {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for JobError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for JobError {}
