@@ -1,0 +1,126 @@
+//! Resident memory of process trees, read from /proc (no sampling profiler, no ptrace).
+
+use std::collections::HashMap;
+
+#[derive(Clone, Debug)]
+pub struct Proc {
+    pub pid: u32,
+    pub ppid: u32,
+    /// `comm`, truncated by the kernel to 15 bytes.
+    pub comm: String,
+    pub rss_kib: u64,
+}
+
+fn page_kib() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let sz = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if sz > 0 { sz as u64 / 1024 } else { 4 }
+}
+
+fn read_proc(pid: u32, page_kib: u64) -> Option<Proc> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat[open + 1..close].to_string();
+    // Fields after ")": state is field 3 (index 0), ppid field 4, rss field 24.
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let rss_pages: u64 = rest.get(21)?.parse().ok()?;
+    Some(Proc {
+        pid,
+        ppid,
+        comm,
+        rss_kib: rss_pages * page_kib,
+    })
+}
+
+/// Every process currently visible in /proc.
+pub fn all() -> Vec<Proc> {
+    let pk = page_kib();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| read_proc(pid, pk))
+        .collect()
+}
+
+/// `root` and all its descendants.
+pub fn tree(root: u32) -> Vec<Proc> {
+    let procs = all();
+    let mut children: HashMap<u32, Vec<&Proc>> = HashMap::new();
+    let mut by_pid = HashMap::new();
+    for p in &procs {
+        children.entry(p.ppid).or_default().push(p);
+        by_pid.insert(p.pid, p);
+    }
+    let mut out = Vec::new();
+    let Some(r) = by_pid.get(&root) else {
+        return out;
+    };
+    let mut stack = vec![*r];
+    while let Some(p) = stack.pop() {
+        out.push(p.clone());
+        if let Some(c) = children.get(&p.pid) {
+            stack.extend(c.iter().copied());
+        }
+    }
+    out
+}
+
+/// RSS of a gateway's tree, split into the gateway process itself, its sidecar process(es)
+/// and everything the sidecar started (yt-dlp, ffmpeg).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TreeRss {
+    pub root_kib: u64,
+    pub sidecar_kib: u64,
+    pub jobs_kib: u64,
+    pub procs: usize,
+}
+
+impl TreeRss {
+    pub fn total_kib(&self) -> u64 {
+        self.root_kib + self.sidecar_kib + self.jobs_kib
+    }
+    pub fn max(self, o: TreeRss) -> TreeRss {
+        TreeRss {
+            root_kib: self.root_kib.max(o.root_kib),
+            sidecar_kib: self.sidecar_kib.max(o.sidecar_kib),
+            jobs_kib: self.jobs_kib.max(o.jobs_kib),
+            procs: self.procs.max(o.procs),
+        }
+    }
+}
+
+/// Splits `root`'s tree. A direct child whose name starts with `sidecar_prefix` is the
+/// sidecar; its descendants are jobs. Other descendants of the root count as jobs too.
+pub fn tree_rss(root: u32, sidecar_prefix: &str) -> TreeRss {
+    let t = tree(root);
+    let sidecars: Vec<u32> = t
+        .iter()
+        .filter(|p| p.ppid == root && p.comm.starts_with(sidecar_prefix))
+        .map(|p| p.pid)
+        .collect();
+    let mut out = TreeRss {
+        procs: t.len(),
+        ..Default::default()
+    };
+    for p in &t {
+        if p.pid == root {
+            out.root_kib += p.rss_kib;
+        } else if sidecars.contains(&p.pid) {
+            out.sidecar_kib += p.rss_kib;
+        } else {
+            out.jobs_kib += p.rss_kib;
+        }
+    }
+    out
+}
+
+/// Sum of the RSS of the given processes' trees (for sets of direct yt-dlp processes).
+pub fn sum_trees(roots: &[u32]) -> u64 {
+    roots
+        .iter()
+        .map(|&r| tree(r).iter().map(|p| p.rss_kib).sum::<u64>())
+        .sum()
+}

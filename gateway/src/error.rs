@@ -1,0 +1,251 @@
+//! The one place where a failure becomes an HTTP status: [`GatewayError::status`]. Every
+//! early failure leaves the handlers as a [`Problem`] rejection and is answered by
+//! [`recover`] with an RFC 9457 `application/problem+json` body and no media bytes.
+
+use std::convert::Infallible;
+
+use serde::Serialize;
+use streamgate_protocol::{ErrorCode, JobError, ProtocolError};
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reject::{MethodNotAllowed, Reject};
+use warp::{Rejection, Reply};
+
+use crate::plugin::{Denial, PluginError};
+
+/// Seconds a client is told to wait when the sidecar's queue is full.
+const BUSY_RETRY_AFTER_SECS: u32 = 2;
+
+/// Everything that can stop a request before its media starts flowing.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("the `data` query parameter is missing")]
+    MissingToken,
+    #[error("token refused by {plugin}: {}", .denial.reason)]
+    TokenDenied { plugin: String, denial: Denial },
+    #[error("request denied by {plugin}: {}", .denial.reason)]
+    PolicyDenied { plugin: String, denial: Denial },
+    #[error("plugin {plugin} failed: {source}")]
+    Plugin {
+        plugin: String,
+        #[source]
+        source: PluginError,
+    },
+    #[error("the sidecar failed the job: {0}")]
+    Job(JobError),
+    #[error("the sidecar is unavailable: {0}")]
+    SidecarUnavailable(String),
+    #[error("the sidecar broke the protocol: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("the sidecar sent no metadata in time")]
+    MetadataTimeout,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed (GET or HEAD)")]
+    MethodNotAllowed,
+}
+
+impl GatewayError {
+    /// The HTTP status of every failure, decided here and nowhere else.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            GatewayError::MissingToken => StatusCode::BAD_REQUEST,
+            GatewayError::TokenDenied { denial, .. }
+            | GatewayError::PolicyDenied { denial, .. } => denial_status(denial),
+            GatewayError::Plugin { source, .. } => plugin_status(source),
+            GatewayError::Job(e) => job_status(e.code),
+            GatewayError::SidecarUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Protocol(_) => StatusCode::BAD_GATEWAY,
+            GatewayError::MetadataTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
+            GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+        }
+    }
+
+    /// Stable machine-readable code (the problem's `code` and the last segment of its `type`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            GatewayError::MissingToken => "missing_token",
+            GatewayError::TokenDenied { .. } => "token_denied",
+            GatewayError::PolicyDenied { .. } => "policy_denied",
+            GatewayError::Plugin { .. } => "plugin_failed",
+            GatewayError::Job(e) => e.code.as_str(),
+            GatewayError::SidecarUnavailable(_) => "sidecar_unavailable",
+            GatewayError::Protocol(_) => "protocol",
+            GatewayError::MetadataTimeout => "timeout",
+            GatewayError::RouteNotFound => "route_not_found",
+            GatewayError::MethodNotAllowed => "method_not_allowed",
+        }
+    }
+
+    /// The client-facing detail. Server-side failures stay vague: their detail is logged.
+    fn detail(&self) -> String {
+        match self {
+            GatewayError::Plugin { plugin, .. } => format!("plugin {plugin} failed"),
+            GatewayError::SidecarUnavailable(_) => "the media backend is unavailable".into(),
+            GatewayError::Job(e) if e.code == ErrorCode::Internal => {
+                "the media backend failed".into()
+            }
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Plugins may only refuse with a 4xx; anything else is treated as a plain 403.
+fn denial_status(denial: &Denial) -> StatusCode {
+    StatusCode::from_u16(denial.status)
+        .ok()
+        .filter(StatusCode::is_client_error)
+        .unwrap_or(StatusCode::FORBIDDEN)
+}
+
+/// A plugin that ran out of time or instances is an overload (503, worth a retry); a trap,
+/// a memory bomb or a broken component is a bug (500).
+fn plugin_status(err: &PluginError) -> StatusCode {
+    match err {
+        PluginError::Deadline { .. } | PluginError::Instantiate { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+        PluginError::Trap { .. }
+        | PluginError::MemoryLimit { .. }
+        | PluginError::Engine { .. }
+        | PluginError::Compile { .. }
+        | PluginError::Link { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The table of `docs/protocol.md`.
+fn job_status(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::UnsupportedUrl | ErrorCode::FormatUnavailable => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
+        ErrorCode::UpstreamFailed | ErrorCode::Protocol => StatusCode::BAD_GATEWAY,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A failure on its way to [`recover`], with the id of the request it ended.
+#[derive(Debug)]
+pub struct Problem {
+    pub error: GatewayError,
+    pub request_id: Option<String>,
+}
+
+impl Reject for Problem {}
+
+impl Problem {
+    pub fn new(error: GatewayError, request_id: &str) -> Self {
+        Problem {
+            error,
+            request_id: Some(request_id.to_owned()),
+        }
+    }
+
+    /// The RFC 9457 response: status, problem body, `X-Request-Id`, and `Retry-After` on busy.
+    pub fn to_response(&self) -> warp::reply::Response {
+        let status = self.error.status();
+        if status.is_server_error() {
+            tracing::warn!(request_id = ?self.request_id, error = %self.error, "request failed");
+        } else {
+            tracing::info!(request_id = ?self.request_id, error = %self.error, "request refused");
+        }
+        let body = ProblemBody {
+            r#type: format!("urn:streamgate:problem:{}", self.error.code()),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail: self.error.detail(),
+            code: self.error.code(),
+            request_id: self.request_id.as_deref(),
+        };
+        let json = serde_json::to_string(&body).expect("problem serializes");
+        let mut resp = warp::reply::Response::new(json.into());
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        let problem_json = HeaderValue::from_static("application/problem+json");
+        headers.insert(header::CONTENT_TYPE, problem_json);
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if let Some(id) = self.request_id.as_deref().and_then(|v| v.parse().ok()) {
+            headers.insert("x-request-id", id);
+        }
+        if matches!(&self.error, GatewayError::Job(e) if e.code == ErrorCode::Busy) {
+            headers.insert(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.into());
+        }
+        resp
+    }
+}
+
+#[derive(Serialize)]
+struct ProblemBody<'a> {
+    r#type: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: Option<&'a str>,
+}
+
+/// The one `recover`: domain problems, then warp's own rejections; anything else is a 500.
+pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infallible> {
+    let error = if let Some(problem) = rejection.find::<Problem>() {
+        return Ok(problem.to_response());
+    } else if rejection.is_not_found() {
+        GatewayError::RouteNotFound
+    } else if rejection.find::<MethodNotAllowed>().is_some() {
+        GatewayError::MethodNotAllowed
+    } else {
+        tracing::error!(?rejection, "unhandled rejection");
+        let resp = warp::reply::with_status("internal error", StatusCode::INTERNAL_SERVER_ERROR);
+        return Ok(resp.into_response());
+    };
+    Ok(Problem {
+        error,
+        request_id: None,
+    }
+    .to_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_codes_follow_the_protocol_table() {
+        let status = |c| GatewayError::Job(JobError::new(c, "x")).status().as_u16();
+        assert_eq!(status(ErrorCode::NotFound), 404);
+        assert_eq!(status(ErrorCode::UnsupportedUrl), 422);
+        assert_eq!(status(ErrorCode::FormatUnavailable), 422);
+        assert_eq!(status(ErrorCode::UpstreamFailed), 502);
+        assert_eq!(status(ErrorCode::Timeout), 504);
+        assert_eq!(status(ErrorCode::Busy), 503);
+        assert_eq!(status(ErrorCode::Protocol), 502);
+        assert_eq!(status(ErrorCode::Internal), 500);
+    }
+
+    #[test]
+    fn denials_are_always_client_errors() {
+        let denied = |status| GatewayError::PolicyDenied {
+            plugin: "p".into(),
+            denial: Denial {
+                status,
+                reason: "no".into(),
+            },
+        };
+        assert_eq!(denied(451).status().as_u16(), 451);
+        assert_eq!(denied(200).status().as_u16(), 403);
+        assert_eq!(denied(500).status().as_u16(), 403);
+    }
+
+    #[test]
+    fn busy_carries_retry_after_and_a_problem_body() {
+        let busy = GatewayError::Job(JobError::new(ErrorCode::Busy, "queue full"));
+        let resp = Problem::new(busy, "abc").to_response();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["retry-after"], "2");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        assert_eq!(resp.headers()["x-request-id"], "abc");
+    }
+}

@@ -1,0 +1,180 @@
+//! Response headers of a media response, built from the sidecar's metadata (what was really
+//! emitted), not from what the link asked for.
+
+use std::fmt::Write;
+
+use streamgate_protocol::Metadata;
+use warp::http::header::{self, HeaderMap, HeaderValue};
+
+/// Longest file name offered to the client, in characters (extension included).
+const MAX_FILENAME_CHARS: usize = 150;
+
+/// Extension → MIME type of the containers yt-dlp emits, for a sidecar MIME that is unusable.
+const MIME_BY_EXT: &[(&str, &str)] = &[
+    ("mp4", "video/mp4"),
+    ("m4a", "audio/mp4"),
+    ("m4v", "video/mp4"),
+    ("webm", "video/webm"),
+    ("weba", "audio/webm"),
+    ("mp3", "audio/mpeg"),
+    ("ts", "video/mp2t"),
+    ("mkv", "video/x-matroska"),
+    ("mka", "audio/x-matroska"),
+    ("ogg", "audio/ogg"),
+    ("opus", "audio/ogg"),
+    ("flv", "video/x-flv"),
+    ("wav", "audio/wav"),
+    ("aac", "audio/aac"),
+    ("flac", "audio/flac"),
+];
+
+/// Every header of a media response (GET and HEAD alike).
+pub fn media_headers(meta: &Metadata, filename: Option<&str>, request_id: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::CONTENT_TYPE, content_type(meta));
+    let name = file_name(filename.unwrap_or(&meta.filename), &meta.ext);
+    h.insert(header::CONTENT_DISPOSITION, content_disposition(&name));
+    if let Some(size) = meta.size {
+        h.insert(header::CONTENT_LENGTH, size.into());
+    }
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    if let Ok(id) = HeaderValue::from_str(request_id) {
+        h.insert("x-request-id", id);
+    }
+    h
+}
+
+/// The sniffed MIME type when it looks like one, else the extension's, else octet-stream.
+fn content_type(meta: &Metadata) -> HeaderValue {
+    let plausible = |m: &str| {
+        let (ty, sub) = m.split_once('/').unwrap_or_default();
+        !ty.is_empty() && !sub.is_empty() && m.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+    };
+    let mime = Some(meta.mime.as_str())
+        .filter(|m| plausible(m))
+        .or_else(|| mime_for_ext(&meta.ext))
+        .unwrap_or("application/octet-stream");
+    HeaderValue::from_str(mime).unwrap_or(HeaderValue::from_static("application/octet-stream"))
+}
+
+fn mime_for_ext(ext: &str) -> Option<&'static str> {
+    let ext = ext.to_ascii_lowercase();
+    MIME_BY_EXT.iter().find(|(e, _)| *e == ext).map(|(_, m)| *m)
+}
+
+/// A safe file name whose extension is the one of the bytes actually sent: a link asking
+/// for `clip.mp4` that yields MPEG-TS is offered as `clip.ts`.
+pub fn file_name(wanted: &str, real_ext: &str) -> String {
+    let clean: String = wanted
+        .chars()
+        .map(|c| match c {
+            '"' | '/' | '\\' => '_',
+            c if c.is_control() => '_',
+            c => c,
+        })
+        .collect();
+    let clean = clean.trim().trim_start_matches('.').trim();
+    let mut stem = if clean.is_empty() { "download" } else { clean }.to_owned();
+    let ext = real_ext.trim().to_ascii_lowercase();
+    let ext_ok = !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_alphanumeric());
+    if ext_ok {
+        if let Some((base, old)) = stem.rsplit_once('.')
+            && (old.eq_ignore_ascii_case(&ext) || mime_for_ext(old).is_some())
+            && !base.is_empty()
+        {
+            stem = base.to_owned();
+        }
+    }
+    let suffix = if ext_ok {
+        format!(".{ext}")
+    } else {
+        String::new()
+    };
+    let keep = MAX_FILENAME_CHARS.saturating_sub(suffix.chars().count());
+    let mut name: String = stem.chars().take(keep).collect();
+    name.push_str(&suffix);
+    name
+}
+
+/// RFC 6266: an ASCII `filename` for old clients, and the exact UTF-8 name in `filename*`.
+pub fn content_disposition(name: &str) -> HeaderValue {
+    let fallback: String = name
+        .chars()
+        .map(|c| match c {
+            ' '..='~' if !matches!(c, '"' | '\\' | '%') => c,
+            _ => '_',
+        })
+        .collect();
+    let mut value = format!("attachment; filename=\"{fallback}\"");
+    if fallback != name {
+        value.push_str("; filename*=UTF-8''");
+        for b in name.bytes() {
+            // attr-char of RFC 8187; everything else percent-encoded.
+            if b.is_ascii_alphanumeric() || b"!#$&+-.^_`|~".contains(&b) {
+                value.push(b as char);
+            } else {
+                let _ = write!(value, "%{b:02X}");
+            }
+        }
+    }
+    HeaderValue::from_str(&value).expect("only visible ASCII")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(mime: &str, ext: &str, size: Option<u64>) -> Metadata {
+        Metadata {
+            filename: "Title.mp4".into(),
+            ext: ext.into(),
+            mime: mime.into(),
+            size,
+            title: None,
+        }
+    }
+
+    #[test]
+    fn names_follow_the_real_container() {
+        assert_eq!(file_name("clip.mp4", "ts"), "clip.ts");
+        assert_eq!(file_name("clip", "mp4"), "clip.mp4");
+        assert_eq!(file_name("v1.2 final", "webm"), "v1.2 final.webm");
+        assert_eq!(file_name("../../etc/passwd", "mp4"), "_.._etc_passwd.mp4");
+        assert_eq!(file_name("a\"b\r\nc\\d", "m4a"), "a_b__c_d.m4a");
+        assert_eq!(file_name("  ", "mp3"), "download.mp3");
+        assert_eq!(
+            file_name(&"x".repeat(400), "mp4").chars().count(),
+            MAX_FILENAME_CHARS
+        );
+    }
+
+    #[test]
+    fn disposition_has_an_ascii_fallback_and_the_utf8_name() {
+        let v = content_disposition("Café – “live”.mp4");
+        assert_eq!(
+            v.to_str().unwrap(),
+            "attachment; filename=\"Caf_ _ _live_.mp4\"; \
+             filename*=UTF-8''Caf%C3%A9%20%E2%80%93%20%E2%80%9Clive%E2%80%9D.mp4"
+        );
+        let plain = content_disposition("clip.mp4");
+        assert_eq!(plain.to_str().unwrap(), "attachment; filename=\"clip.mp4\"");
+    }
+
+    #[test]
+    fn content_type_prefers_the_sniffed_mime() {
+        let h = media_headers(&meta("video/mp2t", "ts", Some(10)), Some("x.mp4"), "r1");
+        assert_eq!(h["content-type"], "video/mp2t");
+        assert_eq!(h["content-length"], "10");
+        assert_eq!(h["content-disposition"], "attachment; filename=\"x.ts\"");
+        assert_eq!(h["x-content-type-options"], "nosniff");
+        assert_eq!(h["cache-control"], "no-store");
+        let h = media_headers(&meta("", "mkv", None), None, "r1");
+        assert_eq!(h["content-type"], "video/x-matroska");
+        assert!(h.get("content-length").is_none());
+    }
+}

@@ -1,0 +1,13 @@
+//! streamgate: an HTTP gateway that opens signed links with a tenant's token plugin, checks
+//! them with its policy plugin, and relays the media one sidecar job per request.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod headers;
+pub mod plugin;
+pub mod relay;
+pub mod routes;
+pub mod sidecar;
+pub mod state;
+pub mod tenant;

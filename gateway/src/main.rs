@@ -1,0 +1,158 @@
+//! `streamgate`: serve, mint, keygen. The only place that uses `anyhow`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use clap::Parser;
+use streamgate::cli::{Cli, Command, MintArgs, ServeArgs, sidecar_next_to};
+use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest, builtin};
+use streamgate::relay::ActiveStreams;
+use streamgate::routes::{AppState, routes};
+use streamgate::sidecar::{SidecarClient, Supervisor, SupervisorSettings};
+use streamgate::tenant::Tenants;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// After the drain deadline: time for aborted connections to close before the sidecar stops.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// Time the sidecar gets to exit on SIGTERM before SIGKILL.
+const SIDECAR_STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let quiet = !matches!(cli.command, Command::Serve(_));
+    init_tracing(quiet);
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Mint(args) => mint(args).await,
+        Command::Keygen => {
+            println!("{}", builtin::xchacha_generate_key());
+            Ok(())
+        }
+    }
+}
+
+/// Logs go to stderr (stdout is `mint`'s output); `RUST_LOG` overrides the level.
+fn init_tracing(quiet: bool) {
+    let default = if quiet { "warn" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn engine() -> anyhow::Result<PluginEngine> {
+    PluginEngine::new(EngineSettings::default()).context("starting the plugin engine")
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let tenants = Tenants::build(&engine()?, &config)?;
+    let (socket, supervisor) = match &config.sidecar.connect {
+        Some(socket) => (socket.clone(), None),
+        None => {
+            let socket = args.sidecar_socket(&config);
+            let binary = match &config.sidecar.binary {
+                Some(b) => b.clone(),
+                None => sidecar_next_to(&std::env::current_exe()?),
+            };
+            let mut sidecar_args = Vec::new();
+            if let Some(y) = &config.sidecar.yt_dlp {
+                sidecar_args.extend(["--yt-dlp".to_owned(), y.display().to_string()]);
+            }
+            if let Some(n) = config.sidecar.max_jobs {
+                sidecar_args.extend(["--max-jobs".to_owned(), n.to_string()]);
+            }
+            sidecar_args.extend(config.sidecar.args.iter().cloned());
+            let settings = SupervisorSettings::new(binary, socket.clone(), sidecar_args);
+            (socket, Some(Supervisor::start(settings)))
+        }
+    };
+    let metadata_timeout = Duration::from_secs(config.sidecar.metadata_timeout_secs);
+    let state = Arc::new(AppState {
+        tenants: ArcSwap::from_pointee(tenants),
+        sidecar: SidecarClient::new(socket, metadata_timeout),
+        active: ActiveStreams::default(),
+    });
+
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = warp::serve(routes(state.clone()))
+        .incoming(listener)
+        .graceful(async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        })
+        .run();
+    let mut server = tokio::spawn(server);
+    tracing::info!("listening on http://{addr}");
+    let mint_hint = match &args.source.config {
+        Some(c) => format!(
+            "streamgate mint --config {} --tenant ID --url URL",
+            c.display()
+        ),
+        None => format!(
+            "streamgate mint --state-dir {} --url URL",
+            args.source.state_dir.display()
+        ),
+    };
+    tracing::info!("mint a link: {mint_hint}, then GET http://{addr}/stream?data=TOKEN");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+        res = &mut server => bail!("the HTTP server stopped: {res:?}"),
+    }
+    let drain = config.drain();
+    tracing::info!(active = state.active.get(), deadline = ?drain, "draining");
+    let _ = stop_tx.send(true);
+    if tokio::time::timeout(drain, &mut server).await.is_err() {
+        tracing::warn!(
+            active = state.active.get(),
+            "drain deadline passed; aborting streams"
+        );
+        state.active.abort_all();
+        let _ = tokio::time::timeout(ABORT_GRACE, &mut server).await;
+    }
+    if let Some(supervisor) = supervisor {
+        supervisor.stop(SIDECAR_STOP_GRACE).await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn mint(args: MintArgs) -> anyhow::Result<()> {
+    let config = args.source.load(false)?;
+    let tenants = Tenants::build(&engine()?, &config)?;
+    let tenant = match &args.tenant {
+        Some(id) => tenants
+            .get(id)
+            .with_context(|| format!("no tenant {id:?}"))?,
+        None => tenants.default_tenant(),
+    };
+    let ttl = args.ttl.map_or(tenant.default_ttl, Duration::from_secs);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?;
+    let request = StreamRequest {
+        url: args.url,
+        format: args.format,
+        filename: args.filename,
+        expires_at: Some((now + ttl).as_secs()),
+    };
+    let sealed = tenant.token.seal(&tenant.id, &request).await;
+    match sealed.with_context(|| format!("plugin {} failed", tenant.token.name()))? {
+        Ok(token) => {
+            println!("{token}");
+            Ok(())
+        }
+        Err(msg) => bail!("plugin {} cannot seal: {msg}", tenant.token.name()),
+    }
+}

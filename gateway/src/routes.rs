@@ -1,0 +1,198 @@
+//! HTTP routes: small warp filters that extract what a handler needs, and handlers that
+//! work on a typed [`AppState`]. Every failure leaves as a [`Problem`] for `error::recover`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use serde_json::json;
+use streamgate_protocol::StreamJob;
+use tracing::Instrument;
+use warp::http::{HeaderMap, Method, StatusCode};
+use warp::{Filter, Rejection, Reply};
+
+use crate::error::{GatewayError, Problem, recover};
+use crate::headers::media_headers;
+use crate::plugin::{PolicyDecision, RequestInfo};
+use crate::relay::{self, ActiveStreams, MediaBody};
+use crate::sidecar::SidecarClient;
+use crate::tenant::Tenants;
+
+/// Everything handlers share. Tenants sit behind an `ArcSwap` so a reload can replace them
+/// while requests in flight keep the set they started with.
+pub struct AppState {
+    pub tenants: ArcSwap<Tenants>,
+    pub sidecar: SidecarClient,
+    pub active: ActiveStreams,
+}
+
+/// The whole HTTP surface.
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let healthz = warp::path!("healthz")
+        .and(get_or_head())
+        .map(|_| warp::reply::json(&json!({ "status": "ok" })));
+    let readyz = warp::path!("readyz")
+        .and(get_or_head())
+        .and(with_state(state.clone()))
+        .and_then(|_, state| ready(state));
+    let stream = warp::path!("stream")
+        .or(warp::path!("v1" / "stream"))
+        .unify()
+        .and(get_or_head())
+        .and(request_parts())
+        .and(with_state(state))
+        .and_then(stream);
+    healthz.or(readyz).or(stream).recover(recover)
+}
+
+fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// Extracts the method, refusing anything but GET and HEAD (405 through `recover`).
+fn get_or_head() -> impl Filter<Extract = (Method,), Error = Rejection> + Clone {
+    warp::get()
+        .map(|| Method::GET)
+        .or(warp::head().map(|| Method::HEAD))
+        .unify()
+}
+
+/// What plugins see of a request, minus the tenant (resolved later).
+struct RequestParts {
+    path: String,
+    query: String,
+    headers: HeaderMap,
+    remote: Option<SocketAddr>,
+}
+
+fn request_parts() -> impl Filter<Extract = (RequestParts,), Error = Infallible> + Clone {
+    let query = warp::query::raw().or(warp::any().map(String::new)).unify();
+    warp::path::full()
+        .and(query)
+        .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
+        .map(
+            |path: warp::path::FullPath, query, headers, remote| RequestParts {
+                path: path.as_str().to_owned(),
+                query,
+                headers,
+                remote,
+            },
+        )
+}
+
+async fn ready(state: Arc<AppState>) -> Result<warp::reply::Response, Rejection> {
+    match state.sidecar.probe().await {
+        Ok(w) => Ok(warp::reply::json(&json!({
+            "status": "ready",
+            "sidecar": w.sidecar,
+            "yt_dlp": w.yt_dlp,
+            "active_streams": state.active.get(),
+        }))
+        .into_response()),
+        Err(e) => Err(warp::reject::custom(Problem {
+            error: e,
+            request_id: None,
+        })),
+    }
+}
+
+/// `GET|HEAD /stream?data=TOKEN`: token plugin → policy plugin → one sidecar job.
+async fn stream(
+    method: Method,
+    parts: RequestParts,
+    state: Arc<AppState>,
+) -> Result<warp::reply::Response, Rejection> {
+    let request_id = new_request_id();
+    let span = tracing::info_span!("stream", request_id = %request_id);
+    let result = respond(method, parts, &state, &request_id)
+        .instrument(span)
+        .await;
+    result.map_err(|e| warp::reject::custom(Problem::new(e, &request_id)))
+}
+
+async fn respond(
+    method: Method,
+    parts: RequestParts,
+    state: &AppState,
+    request_id: &str,
+) -> Result<warp::reply::Response, GatewayError> {
+    let token = url::form_urlencoded::parse(parts.query.as_bytes())
+        .find(|(k, _)| k == "data")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or(GatewayError::MissingToken)?;
+    let host = parts.headers.get("host").and_then(|h| h.to_str().ok());
+    let tenant = state.tenants.load().for_host(host).clone();
+    let info = RequestInfo {
+        method: method.to_string(),
+        path: parts.path,
+        query: parts.query,
+        headers: parts
+            .headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
+        client_addr: parts.remote.map(|a| a.to_string()).unwrap_or_default(),
+        tenant: tenant.id.clone(),
+    };
+    let plugin_err = |plugin: &str| {
+        let plugin = plugin.to_owned();
+        move |source| GatewayError::Plugin { plugin, source }
+    };
+    let mut wanted = match tenant.token.open(&info, &token).await {
+        Ok(Ok(wanted)) => wanted,
+        Ok(Err(denial)) => {
+            let plugin = tenant.token.name().to_owned();
+            return Err(GatewayError::TokenDenied { plugin, denial });
+        }
+        Err(e) => return Err(plugin_err(tenant.token.name())(e)),
+    };
+    let decision = tenant
+        .policy
+        .check(&info, &wanted)
+        .await
+        .map_err(plugin_err(tenant.policy.name()))?;
+    match decision {
+        PolicyDecision::Allow { format, filename } => {
+            wanted.format = format.unwrap_or(wanted.format);
+            wanted.filename = filename.or(wanted.filename);
+        }
+        PolicyDecision::Deny(denial) => {
+            let plugin = tenant.policy.name().to_owned();
+            return Err(GatewayError::PolicyDenied { plugin, denial });
+        }
+    }
+    tracing::info!(tenant = %tenant.id, url = %wanted.url, format = %wanted.format, "job");
+    let job = StreamJob {
+        url: wanted.url,
+        format: wanted.format,
+        tenant: Some(tenant.id.clone()),
+        request_id: Some(request_id.to_owned()),
+    };
+    let (meta, conn) = state.sidecar.start(job).await?;
+    tracing::info!(mime = %meta.mime, size = ?meta.size, "metadata");
+    let headers = media_headers(&meta, wanted.filename.as_deref(), request_id);
+    let mut resp = if method == Method::HEAD {
+        relay::cancel(conn);
+        // A body of unknown length, as GET's is, so hyper frames both sets of headers alike.
+        let nothing = futures::stream::empty::<Result<bytes::Bytes, Infallible>>();
+        warp::reply::stream(nothing).into_response()
+    } else {
+        let body = MediaBody::new(conn, request_id.to_owned(), state.active.clone());
+        warp::reply::stream(body).into_response()
+    };
+    *resp.status_mut() = StatusCode::OK;
+    resp.headers_mut().extend(headers);
+    Ok(resp)
+}
+
+/// 16 hex digits: unique enough to grep both logs for one stream.
+fn new_request_id() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}

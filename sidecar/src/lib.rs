@@ -1,0 +1,92 @@
+//! The sidecar: the only part of streamgate that runs yt-dlp. It serves the framing protocol
+//! (`docs/protocol.md`) on a Unix socket, one yt-dlp process group per job, and never writes
+//! a media byte to disk.
+
+#![deny(missing_docs)]
+
+mod classify;
+mod job;
+mod resolve;
+mod server;
+mod sniff;
+mod ytdlp;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use classify::{classify, merge_refused};
+pub use server::{Server, bind_socket};
+pub use sniff::{Sniffed, sniff};
+pub use ytdlp::{STREAM_DOWNLOADERS, YtDlp, default_yt_dlp};
+
+/// Everything the sidecar is told on its command line.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Path of the Unix socket to listen on.
+    pub socket: PathBuf,
+    /// Group that may also connect (socket mode 0660 instead of 0600).
+    pub socket_group: Option<String>,
+    /// Jobs that run at once.
+    pub max_jobs: usize,
+    /// Jobs that may wait for a free slot; one more gets `busy`.
+    pub queue: usize,
+    /// How long a queued job waits for a slot before it gets `busy`.
+    pub queue_timeout: Duration,
+    /// A job that yields no byte for this long ends with `timeout`.
+    pub stall_timeout: Duration,
+    /// On SIGTERM, how long running jobs may go on before they are killed.
+    pub drain_timeout: Duration,
+    /// The yt-dlp executable.
+    pub yt_dlp: PathBuf,
+    /// Passed to yt-dlp as `--ffmpeg-location` when set.
+    pub ffmpeg: Option<PathBuf>,
+    /// The private, empty directory used as cwd, HOME, TMPDIR and XDG_CACHE_HOME of every
+    /// job. `None`: a fresh one is made under the system temp dir and removed on exit.
+    pub work_dir: Option<PathBuf>,
+    /// Names of environment variables passed through to yt-dlp (e.g. `HTTPS_PROXY`).
+    pub pass_env: Vec<String>,
+}
+
+/// Every way the sidecar itself (not a job) can fail.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Another sidecar answers on the socket path.
+    #[error("another sidecar is already listening on {0}")]
+    SocketInUse(PathBuf),
+    /// The socket path exists and is not a socket: never deleted, to be safe.
+    #[error("{0} exists and is not a socket")]
+    NotASocket(PathBuf),
+    /// Binding, chmod or chown of the socket failed.
+    #[error("cannot set up the socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configured socket group does not exist.
+    #[error("no such group: {0}")]
+    NoSuchGroup(String),
+    /// The work directory cannot be created or is not empty.
+    #[error("work directory {path}: {reason}")]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// yt-dlp could not be started or did not answer `--version`.
+    #[error("yt-dlp at {path} is not usable: {reason}")]
+    YtDlp {
+        /// The executable.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Spawning a job's process failed.
+    #[error("cannot start yt-dlp: {0}")]
+    Spawn(std::io::Error),
+    /// Installing the signal handlers failed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}

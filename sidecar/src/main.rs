@@ -1,0 +1,89 @@
+//! `streamgate-sidecar`: runs yt-dlp jobs for the gateway over a Unix socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use streamgate_sidecar::{Config, Server, default_yt_dlp};
+
+/// Runs yt-dlp jobs for the gateway over a Unix socket (docs/protocol.md).
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Unix socket to listen on (mode 0600, or 0660 with --socket-group).
+    #[arg(long, env = "STREAMGATE_SIDECAR_SOCKET")]
+    socket: PathBuf,
+    /// Group allowed to connect besides the owner.
+    #[arg(long)]
+    socket_group: Option<String>,
+    /// Jobs that run at once.
+    #[arg(long, default_value_t = 4)]
+    max_jobs: usize,
+    /// Jobs that may wait for a slot; more get `busy`.
+    #[arg(long, default_value_t = 16)]
+    queue: usize,
+    /// Seconds a queued job waits for a slot before it gets `busy`.
+    #[arg(long, default_value_t = 30.0)]
+    queue_timeout: f64,
+    /// Seconds without a byte from yt-dlp after which a job ends with `timeout`.
+    #[arg(long, default_value_t = 30.0)]
+    stall_timeout: f64,
+    /// On SIGTERM, seconds running jobs may go on before they are killed.
+    #[arg(long, default_value_t = 30.0)]
+    drain_timeout: f64,
+    /// yt-dlp executable (default: <repo>/.venv/bin/yt-dlp, else yt-dlp on PATH).
+    #[arg(long)]
+    yt_dlp: Option<PathBuf>,
+    /// ffmpeg executable or its directory, passed as --ffmpeg-location.
+    #[arg(long)]
+    ffmpeg: Option<PathBuf>,
+    /// Empty private directory used as the jobs' cwd/HOME/TMPDIR (default: a fresh temp dir).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Environment variable passed through to yt-dlp (repeatable), e.g. HTTPS_PROXY.
+    #[arg(long = "pass-env", value_name = "NAME")]
+    pass_env: Vec<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .with_context(|| format!("--{name} must be a non-negative number"))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if args.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    anyhow::ensure!(args.max_jobs > 0, "--max-jobs must be at least 1");
+    let config = Config {
+        socket: args.socket,
+        socket_group: args.socket_group,
+        max_jobs: args.max_jobs,
+        queue: args.queue,
+        queue_timeout: secs("queue-timeout", args.queue_timeout)?,
+        stall_timeout: secs("stall-timeout", args.stall_timeout)?,
+        drain_timeout: secs("drain-timeout", args.drain_timeout)?,
+        yt_dlp: args.yt_dlp.unwrap_or_else(default_yt_dlp),
+        ffmpeg: args.ffmpeg,
+        work_dir: args.work_dir,
+        pass_env: args.pass_env,
+    };
+    let server = Server::start(config)
+        .await
+        .context("sidecar failed to start")?;
+    server.run().await;
+    Ok(())
+}

@@ -1,0 +1,376 @@
+//! The socket, the accept loop, the handshake, the job queue and the SIGTERM drain.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use futures::SinkExt;
+use futures::stream::{SplitSink, SplitStream, StreamExt};
+use streamgate_protocol::{
+    Connection, ErrorCode, Frame, JobError, ProtocolError, Welcome, connection, next_frame,
+    server_handshake,
+};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+use crate::job::{self, Outcome};
+use crate::ytdlp::YtDlp;
+use crate::{Config, Error, resolve};
+
+/// Sending half of a client connection.
+pub(crate) type Tx = SplitSink<Connection<UnixStream>, Frame>;
+/// Receiving half of a client connection.
+pub(crate) type Rx = SplitStream<Connection<UnixStream>>;
+
+/// What every connection task shares.
+pub(crate) struct Shared {
+    pub config: Config,
+    pub ytdlp: YtDlp,
+    pub welcome: Welcome,
+    /// One permit per running job.
+    slots: Arc<Semaphore>,
+    /// Jobs waiting for a permit (bounded by `config.queue`).
+    waiting: AtomicUsize,
+    next_job: AtomicU64,
+    /// SIGTERM: stop accepting, refuse queued jobs.
+    pub draining: CancellationToken,
+    /// Drain deadline passed: kill running jobs.
+    pub kill_jobs: CancellationToken,
+}
+
+/// A bound, ready sidecar.
+pub struct Server {
+    listener: UnixListener,
+    shared: Arc<Shared>,
+    /// A work dir we made ourselves and remove on exit.
+    own_work_dir: Option<PathBuf>,
+}
+
+/// Binds `path` with mode 0600 (0660 and `group` when given). A stale socket file is
+/// replaced; a live one (something accepts on it) is an error, as is a non-socket file.
+pub fn bind_socket(path: &Path, group: Option<&str>) -> Result<UnixListener, Error> {
+    let sock_err = |source| Error::Socket {
+        path: path.to_owned(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(Error::NotASocket(path.to_owned()));
+        }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(Error::SocketInUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(sock_err)?;
+    }
+    let gid = match group {
+        Some(name) => Some(
+            nix::unistd::Group::from_name(name)
+                .ok()
+                .flatten()
+                .ok_or_else(|| Error::NoSuchGroup(name.to_owned()))?
+                .gid,
+        ),
+        None => None,
+    };
+    // The umask makes the socket private from the moment it exists; chmod then widens it.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(old);
+    let listener = bound.map_err(sock_err)?;
+    if let Some(gid) = gid {
+        nix::unistd::chown(path, None, Some(gid)).map_err(|e| sock_err(e.into()))?;
+    }
+    let mode = if gid.is_some() { 0o660 } else { 0o600 };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(sock_err)?;
+    Ok(listener)
+}
+
+/// Makes sure the work dir exists, is private and empty (a non-empty one means media or
+/// cache files were left behind by something, which the no-disk rule forbids).
+fn prepare_work_dir(config: &Config) -> Result<(PathBuf, bool), Error> {
+    let (dir, own) = match &config.work_dir {
+        Some(dir) => (dir.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("streamgate-sidecar-{}", std::process::id())),
+            true,
+        ),
+    };
+    let fail = |reason: String| Error::WorkDir {
+        path: dir.clone(),
+        reason,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| fail(e.to_string()))?;
+    let mut entries = std::fs::read_dir(&dir).map_err(|e| fail(e.to_string()))?;
+    if entries.next().is_some() {
+        return Err(fail("not empty".into()));
+    }
+    Ok((dir, own))
+}
+
+impl Server {
+    /// Checks yt-dlp, prepares the work dir, becomes a child subreaper and binds the socket.
+    pub async fn start(config: Config) -> Result<Server, Error> {
+        let (work_dir, own) = prepare_work_dir(&config)?;
+        let ytdlp = YtDlp::new(
+            config.yt_dlp.clone(),
+            &work_dir,
+            config.ffmpeg.clone(),
+            &config.pass_env,
+        );
+        let yt_dlp = ytdlp.version().await?;
+        // ffmpeg orphaned by a killed yt-dlp is re-parented to us, so we can reap it.
+        // SAFETY: prctl with integer arguments only.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+        let listener = bind_socket(&config.socket, config.socket_group.as_deref())?;
+        info!(socket = %config.socket.display(), %yt_dlp, work_dir = %work_dir.display(),
+              max_jobs = config.max_jobs, queue = config.queue, "sidecar listening");
+        let shared = Arc::new(Shared {
+            slots: Arc::new(Semaphore::new(config.max_jobs)),
+            waiting: AtomicUsize::new(0),
+            next_job: AtomicU64::new(1),
+            welcome: Welcome {
+                version: streamgate_protocol::PROTOCOL_VERSION,
+                sidecar: env!("CARGO_PKG_VERSION").to_owned(),
+                yt_dlp,
+            },
+            ytdlp,
+            config,
+            draining: CancellationToken::new(),
+            kill_jobs: CancellationToken::new(),
+        });
+        Ok(Server {
+            listener,
+            shared,
+            own_work_dir: own.then_some(work_dir),
+        })
+    }
+
+    /// Serves until SIGTERM/SIGINT, then drains: running jobs get `drain_timeout`, then die.
+    pub async fn run(self) {
+        let tracker = TaskTracker::new();
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => return error!("{}", Error::Signals(e)),
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let shared = Arc::clone(&self.shared);
+                        tracker.spawn(serve(shared, stream));
+                    }
+                    Err(e) => warn!("accept failed: {e}"),
+                },
+            }
+        }
+        info!(running = tracker.len(), "signal received: draining");
+        drop(self.listener);
+        let _ = std::fs::remove_file(&self.shared.config.socket);
+        self.shared.draining.cancel();
+        tracker.close();
+        if tokio::time::timeout(self.shared.config.drain_timeout, tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!(left = tracker.len(), "drain deadline passed: killing jobs");
+            self.shared.kill_jobs.cancel();
+            tracker.wait().await;
+        }
+        if let Some(dir) = self.own_work_dir {
+            let _ = std::fs::remove_dir(dir);
+        }
+        info!("sidecar stopped");
+    }
+}
+
+/// One connection: handshake, one job, close.
+async fn serve(shared: Arc<Shared>, stream: UnixStream) {
+    let id = shared.next_job.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!(
+        "job",
+        id,
+        kind = tracing::field::Empty,
+        tenant = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+        pgid = tracing::field::Empty
+    );
+    async move {
+        let mut conn = connection(stream);
+        let handshake = tokio::select! {
+            h = server_handshake(&mut conn, shared.welcome.clone()) => h,
+            _ = shared.draining.cancelled() => return,
+        };
+        match handshake {
+            Ok(_) => {}
+            // server_handshake has already answered these two with an error frame.
+            Err(e @ (ProtocolError::Unexpected { .. } | ProtocolError::Version { .. })) => {
+                return warn!("handshake refused: {e}");
+            }
+            Err(ProtocolError::Closed { .. }) => return,
+            Err(e) => return protocol_error(&mut conn, e).await,
+        }
+        let request = tokio::select! {
+            f = next_frame(&mut conn, "awaiting a job") => f,
+            _ = shared.draining.cancelled() => return,
+        };
+        let (kind, url, format) = match request {
+            Ok(Frame::Stream(j)) => {
+                record(&j.tenant, &j.request_id);
+                ("stream", j.url, Some(j.format))
+            }
+            Ok(Frame::Resolve(j)) => {
+                record(&j.tenant, &j.request_id);
+                ("resolve", j.url, None)
+            }
+            Ok(Frame::Cancel) | Err(ProtocolError::Closed { .. }) => return,
+            Ok(other) => {
+                return protocol_error(
+                    &mut conn,
+                    ProtocolError::Unexpected {
+                        got: other.kind(),
+                        during: "awaiting a job",
+                    },
+                )
+                .await;
+            }
+            Err(e) => return protocol_error(&mut conn, e).await,
+        };
+        tracing::Span::current().record("kind", kind);
+        let (mut tx, mut rx) = conn.split();
+        let outcome = run_job(&shared, &url, format.as_deref(), &mut tx, &mut rx).await;
+        match outcome {
+            Outcome::Done { bytes } => info!(bytes, "job done"),
+            Outcome::Failed { code, bytes } => info!(%code, bytes, "job failed"),
+            Outcome::Cancelled { bytes } => info!(bytes, "job cancelled by the client"),
+            Outcome::Protocol => info!("job ended by a protocol error"),
+        }
+        let _ = tokio::time::timeout(job::LAST_FRAME_TIMEOUT, tx.close()).await;
+    }
+    .instrument(span)
+    .await
+}
+
+fn record(tenant: &Option<String>, request_id: &Option<String>) {
+    let span = tracing::Span::current();
+    if let Some(t) = tenant {
+        span.record("tenant", t.as_str());
+    }
+    if let Some(r) = request_id {
+        span.record("request_id", r.as_str());
+    }
+}
+
+async fn protocol_error(conn: &mut Connection<UnixStream>, err: ProtocolError) {
+    warn!("protocol error: {err}");
+    let _ = conn
+        .send(Frame::Error(JobError::new(
+            ErrorCode::Protocol,
+            err.to_string(),
+        )))
+        .await;
+}
+
+/// Refuses bad input, waits for a slot, spawns yt-dlp and hands over to the job.
+async fn run_job(
+    shared: &Shared,
+    url: &str,
+    format: Option<&str>,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Outcome {
+    if let Some(reason) = bad_input(url, format) {
+        return job::fail(tx, JobError::new(reason.0, reason.1), 0).await;
+    }
+    let _permit = match acquire(shared, rx).await {
+        Slot::Got(p) => p,
+        Slot::Busy(msg) => return job::fail(tx, JobError::new(ErrorCode::Busy, msg), 0).await,
+        Slot::PeerLeft => return Outcome::Cancelled { bytes: 0 },
+    };
+    let args = match format {
+        Some(f) => shared.ytdlp.stream_args(url, f),
+        None => shared.ytdlp.resolve_args(url),
+    };
+    let proc = match shared.ytdlp.spawn(args, format.is_some()) {
+        Ok(p) => p,
+        Err(e) => {
+            error!("{e}");
+            return job::fail(tx, JobError::new(ErrorCode::Internal, e.to_string()), 0).await;
+        }
+    };
+    tracing::Span::current().record("pgid", proc.pgid());
+    match format {
+        Some(_) => job::run(shared, proc, tx, rx).await,
+        None => resolve::run(shared, proc, tx, rx).await,
+    }
+}
+
+/// Input yt-dlp must never see. `--` already stops option parsing; this is the second lock.
+fn bad_input(url: &str, format: Option<&str>) -> Option<(ErrorCode, &'static str)> {
+    let unsafe_text =
+        |s: &str| s.is_empty() || s.starts_with('-') || s.chars().any(char::is_control);
+    if unsafe_text(url) {
+        return Some((
+            ErrorCode::UnsupportedUrl,
+            "the URL is empty, starts with '-' or has control characters",
+        ));
+    }
+    if format.is_some_and(unsafe_text) {
+        return Some((
+            ErrorCode::FormatUnavailable,
+            "the format is empty, starts with '-' or has control characters",
+        ));
+    }
+    None
+}
+
+enum Slot {
+    Got(OwnedSemaphorePermit),
+    Busy(String),
+    PeerLeft,
+}
+
+/// A free slot now, or a place in the bounded queue; `busy` when the queue is full, the wait
+/// exceeds `queue_timeout`, or the sidecar starts draining.
+async fn acquire(shared: &Shared, rx: &mut Rx) -> Slot {
+    if let Ok(p) = Arc::clone(&shared.slots).try_acquire_owned() {
+        return Slot::Got(p);
+    }
+    let queued = shared.waiting.fetch_add(1, Ordering::SeqCst);
+    let _leave = Leave(&shared.waiting);
+    if queued >= shared.config.queue {
+        return Slot::Busy(format!(
+            "{} jobs running and {} queued",
+            shared.config.max_jobs, queued
+        ));
+    }
+    tokio::select! {
+        p = Arc::clone(&shared.slots).acquire_owned() => match p {
+            Ok(p) => Slot::Got(p),
+            Err(_) => Slot::Busy("the sidecar is shutting down".into()),
+        },
+        _ = tokio::time::sleep(shared.config.queue_timeout) => Slot::Busy("no free slot within the queue timeout".into()),
+        _ = shared.draining.cancelled() => Slot::Busy("the sidecar is shutting down".into()),
+        _ = job::peer_event(rx) => Slot::PeerLeft,
+    }
+}
+
+/// Leaves the queue however the wait ends.
+struct Leave<'a>(&'a AtomicUsize);
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}

@@ -1,0 +1,316 @@
+//! A real `streamgate serve` (which starts its own `streamgate-sidecar`) on a free loopback
+//! port, with a temp state dir and its log in a file; stopped with SIGTERM on drop.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::paths::{release_bin, yt_dlp};
+use crate::process::{ChildGuard, ProcInfo, descendants};
+
+/// `comm` of the sidecar process (truncated by the kernel to 15 bytes).
+const SIDECAR_COMM: &str = "streamgate-side";
+
+/// How to start a gateway; `Default` is the embedded config with private URLs allowed.
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    /// `--config FILE`; none: the embedded default.
+    pub config: Option<PathBuf>,
+    /// `--allow-private-urls` (only with the embedded default).
+    pub allow_private_urls: bool,
+    /// `--sidecar-arg` values, e.g. `--max-jobs=1`.
+    pub sidecar_args: Vec<String>,
+    /// `--drain-secs`.
+    pub drain_secs: Option<u64>,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            config: None,
+            allow_private_urls: true,
+            sidecar_args: Vec::new(),
+            drain_secs: None,
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    // Declared first: stopped before the temp dir goes away.
+    child: ChildGuard,
+    base: String,
+    state_dir: PathBuf,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts the release binary and waits until `/readyz` says its sidecar answers.
+    pub async fn start(opts: GatewayOptions) -> Gateway {
+        let dir = tempfile::tempdir().expect("gateway temp dir");
+        let state_dir = dir.path().join("state");
+        release_bin("streamgate-sidecar");
+        let mut cmd = Command::new(release_bin("streamgate"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+            .arg(&state_dir)
+            .arg("--yt-dlp")
+            .arg(yt_dlp());
+        if let Some(config) = &opts.config {
+            cmd.arg("--config").arg(config);
+        }
+        if opts.allow_private_urls {
+            cmd.arg("--allow-private-urls");
+        }
+        for arg in &opts.sidecar_args {
+            cmd.arg(format!("--sidecar-arg={arg}"));
+        }
+        if let Some(secs) = opts.drain_secs {
+            cmd.arg("--drain-secs").arg(secs.to_string());
+        }
+        Gateway::spawn(cmd, dir, state_dir).await
+    }
+
+    /// Runs `script` (e.g. `scripts/run`, which ends in `exec streamgate serve "$@"`) with
+    /// `--listen 127.0.0.1:0 --state-dir TMP --allow-private-urls` after `args`.
+    pub async fn start_script(script: &Path, args: &[&str]) -> Gateway {
+        let dir = tempfile::tempdir().expect("gateway temp dir");
+        let state_dir = dir.path().join("state");
+        let mut cmd = Command::new(script);
+        cmd.args(args)
+            .args(["--listen", "127.0.0.1:0", "--allow-private-urls", "--state-dir"])
+            .arg(&state_dir);
+        Gateway::spawn(cmd, dir, state_dir).await
+    }
+
+    async fn spawn(mut cmd: Command, dir: tempfile::TempDir, state_dir: PathBuf) -> Gateway {
+        let log = dir.path().join("gateway.log");
+        cmd.env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("gateway log file"));
+        let child = ChildGuard::spawn(cmd, "streamgate").expect("spawn streamgate");
+        let mut gw = Gateway {
+            child,
+            base: String::new(),
+            state_dir,
+            log,
+            _dir: dir,
+        };
+        // Generous: `scripts/run` may have to build first.
+        gw.base = gw.wait_listening(Duration::from_secs(600)).await;
+        assert!(
+            gw.wait_ready(Duration::from_secs(60)).await,
+            "not ready:\n{}",
+            gw.logs()
+        );
+        gw
+    }
+
+    /// Reads the log until the "listening on http://…" line.
+    async fn wait_listening(&mut self, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let file = std::fs::File::open(&self.log).expect("open gateway log");
+            for line in BufReader::new(file).lines().map_while(Result::ok) {
+                if let Some(at) = line.find("listening on http://") {
+                    let url = line[at + "listening on ".len()..].split_whitespace().next();
+                    return url.expect("an address").to_owned();
+                }
+            }
+            if let Some(status) = self.child.try_wait() {
+                panic!(
+                    "gateway exited ({status}) before listening:\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway not listening:\n{}",
+                self.logs()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Polls `/readyz` until it answers 200 or `limit` passes.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        let client = reqwest::Client::new();
+        loop {
+            let ok = client.get(self.url("/readyz")).send().await;
+            if ok.is_ok_and(|r| r.status() == 200) {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:PORT` + `path`.
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// `/stream?data=TOKEN`.
+    pub fn stream_url(&self, token: &str) -> String {
+        self.url(&format!("/stream?data={token}"))
+    }
+
+    /// The state directory (`--state-dir`).
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// A token from `streamgate mint` against this gateway's state dir.
+    pub fn mint(&self, url: &str, format: &str) -> String {
+        mint(&[
+            "--state-dir",
+            &self.state_dir.display().to_string(),
+            "--url",
+            url,
+            "--format",
+            format,
+        ])
+    }
+
+    /// The gateway's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    /// The process handle (signals, exit status).
+    pub fn child(&mut self) -> &mut ChildGuard {
+        &mut self.child
+    }
+
+    /// Pid of the sidecar the gateway runs right now, if one is up.
+    pub fn sidecar_pid(&self) -> Option<u32> {
+        let procs = descendants(self.pid());
+        let sidecar = procs
+            .iter()
+            .find(|p| p.comm == SIDECAR_COMM && p.ppid == self.pid() as i32);
+        sidecar.map(|p| p.pid as u32)
+    }
+
+    /// yt-dlp processes (live or zombie) anywhere below the gateway.
+    pub fn ytdlp_processes(&self) -> Vec<ProcInfo> {
+        descendants(self.pid())
+            .into_iter()
+            .filter(|p| p.comm == "yt-dlp")
+            .collect()
+    }
+
+    /// The gateway's resident memory in KiB (`VmRSS` of `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Everything logged so far by the gateway and its sidecar.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    /// SIGTERM first, so the gateway stops its sidecar (and the sidecar its jobs).
+    fn drop(&mut self) {
+        self.child.signal(Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.is_running() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Runs `streamgate mint ARGS` and returns its one line of output.
+pub fn mint(args: &[&str]) -> String {
+    let out = Command::new(release_bin("streamgate"))
+        .arg("mint")
+        .args(args)
+        .output()
+        .expect("run mint");
+    assert!(
+        out.status.success(),
+        "mint failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).expect("utf-8 token");
+    assert_eq!(token.lines().count(), 1, "one line: {token:?}");
+    token.trim().to_owned()
+}
+
+/// `curl` with `args`; returns its exit code, the response headers (lower-case names) and
+/// the body. `-s -S -D` are added; the body goes to a temp file.
+pub fn curl(args: &[&str], url: &str) -> CurlResult {
+    let dir = tempfile::tempdir().expect("curl temp dir");
+    let (head, body) = (dir.path().join("head"), dir.path().join("body"));
+    let out = Command::new("curl")
+        .args(["-s", "-S", "-D"])
+        .arg(&head)
+        .arg("-o")
+        .arg(&body)
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let head = std::fs::read_to_string(&head).unwrap_or_default();
+    let mut headers = Vec::new();
+    let mut status = 0;
+    for line in head.lines() {
+        if line.starts_with("HTTP/") {
+            status = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            headers.clear();
+        } else if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    CurlResult {
+        exit: out.status.code().unwrap_or(-1),
+        status,
+        headers,
+        body: std::fs::read(&body).unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// What `curl` saw.
+#[derive(Debug)]
+pub struct CurlResult {
+    /// curl's exit code (0: complete transfer; 18: partial file; 56: receive error).
+    pub exit: i32,
+    /// HTTP status of the last response.
+    pub status: u16,
+    /// Headers of the last response, names lower-case, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body received.
+    pub body: Vec<u8>,
+    /// curl's error message, if any.
+    pub stderr: String,
+}
+
+impl CurlResult {
+    /// The first value of header `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}

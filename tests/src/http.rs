@@ -1,0 +1,100 @@
+//! A loopback static file server for fixtures: `warp::fs::dir` (Range requests, 404 for
+//! anything missing) plus `/stall/<file>`, which sends the first MiB of a file with the full
+//! Content-Length and then hangs, for stall-timeout tests. It runs on its own thread and
+//! runtime, so it outlives any one test's runtime and works from sync tests too.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+use warp::Filter;
+
+/// Bytes `/stall/<file>` sends before it stops.
+pub const STALL_AFTER: usize = 1024 * 1024;
+
+/// A running server; stops on drop.
+pub struct FixtureServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FixtureServer {
+    /// Serves `dir` on 127.0.0.1 at a free port.
+    pub fn start(dir: &Path) -> FixtureServer {
+        let dir: PathBuf = dir.to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("server runtime");
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                let stall_dir = dir.clone();
+                let stall = warp::path!("stall" / String)
+                    .map(move |name: String| stall_reply(&stall_dir, &name));
+                let routes = stall.or(warp::fs::dir(dir));
+                warp::serve(routes)
+                    .incoming(listener)
+                    .graceful(async {
+                        let _ = stopped.await;
+                    })
+                    .run()
+                    .await;
+            });
+        });
+        FixtureServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// `http://127.0.0.1:PORT/<path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+fn stall_reply(dir: &Path, name: &str) -> warp::reply::Response {
+    use warp::Reply;
+    let Ok(file) = std::fs::read(dir.join(name)) else {
+        return warp::http::StatusCode::NOT_FOUND.into_response();
+    };
+    let head = Bytes::copy_from_slice(&file[..file.len().min(STALL_AFTER)]);
+    let body =
+        futures::stream::iter([Ok::<_, std::io::Error>(head)]).chain(futures::stream::pending());
+    let mut response = warp::reply::stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert("content-length", file.len().into());
+    headers.insert(
+        "content-type",
+        warp::http::HeaderValue::from_static("video/mp4"),
+    );
+    response
+}
+
+use futures::StreamExt;
+
+impl Drop for FixtureServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Graceful shutdown waits for open connections; a stalled one would hang the drop.
+        drop(self.thread.take());
+    }
+}

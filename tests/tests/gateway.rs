@@ -1,0 +1,503 @@
+//! End-to-end tests of `streamgate serve`: the release binaries (the gateway runs its own
+//! sidecar), the venv's yt-dlp, fixtures from `tests/fixtures/make-media` on 127.0.0.1,
+//! and real clients (curl, reqwest, a raw TCP reader).
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use futures::future::join_all;
+use streamgate_tests::gateway::{CurlResult, Gateway, GatewayOptions, curl, mint};
+use streamgate_tests::*;
+
+fn server() -> &'static FixtureServer {
+    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
+    SERVER.get_or_init(|| FixtureServer::start(fixtures()))
+}
+
+/// `large.mp4` (≥ 200 MB) on its own loopback server.
+fn large_url() -> String {
+    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
+    let dir = large_fixture().parent().expect("fixture dir");
+    SERVER
+        .get_or_init(|| FixtureServer::start(dir))
+        .url("large.mp4")
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// The headers every media response carries, for the container actually sent.
+fn assert_media_headers(get: &CurlResult, mime: &str, ext: &str) {
+    assert_eq!(get.header("content-type"), Some(mime), "{:?}", get.headers);
+    let cd = get.header("content-disposition").unwrap_or_default();
+    assert!(
+        cd.starts_with("attachment; filename=\"") && cd.contains(&format!(".{ext}\"")),
+        "{cd}"
+    );
+    assert_eq!(get.header("x-content-type-options"), Some("nosniff"));
+    assert_eq!(get.header("cache-control"), Some("no-store"));
+    assert_eq!(get.header("x-request-id").map(str::len), Some(16));
+    if let Some(len) = get.header("content-length") {
+        assert_eq!(
+            len.parse::<usize>().unwrap(),
+            get.body.len(),
+            "exact Content-Length"
+        );
+    }
+}
+
+/// Headers that must be identical between GET and HEAD (all but per-response ones).
+fn stable_headers(r: &CurlResult) -> BTreeMap<String, String> {
+    let per_response = ["date", "x-request-id"];
+    r.headers
+        .iter()
+        .filter(|(k, _)| !per_response.contains(&k.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_fixture_kind_downloads_with_curl_and_reqwest() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let http = reqwest::Client::new();
+    // (path, format, mime, ext, deterministic: compare with a direct yt-dlp run by hash)
+    let kinds = [
+        ("progressive.mp4", "b", "video/mp4", "mp4", true),
+        ("video-only.mp4", "b", "video/mp4", "mp4", true),
+        ("audio-only.m4a", "b", "audio/mp4", "m4a", true),
+        ("hls/index.m3u8", "b", "video/mp2t", "ts", true),
+        ("dash/manifest.mpd", "ba", "audio/mp4", "m4a", true),
+        ("dash/manifest.mpd", "bv+ba", "video/mp2t", "ts", false),
+    ];
+    for (path, format, mime, ext, deterministic) in kinds {
+        let what = format!("{path} -f {format}");
+        let source = server().url(path);
+        let link = gw.stream_url(&gw.mint(&source, format));
+        let started = Instant::now();
+        let (l, h) = (link.clone(), link.clone());
+        let get = blocking(move || curl(&[], &l)).await;
+        assert_eq!(
+            (get.exit, get.status),
+            (0, 200),
+            "{what}: {get:?}\n{}",
+            gw.logs()
+        );
+        assert_media_headers(&get, mime, ext);
+        let head = blocking(move || curl(&["-I"], &h)).await;
+        assert_eq!((head.exit, head.status), (0, 200), "{what}: {head:?}");
+        assert_eq!(
+            stable_headers(&head),
+            stable_headers(&get),
+            "{what}: HEAD = GET headers"
+        );
+        let head = http.head(&link).send().await.unwrap();
+        assert_eq!(head.status(), 200);
+        assert!(
+            head.bytes().await.unwrap().is_empty(),
+            "{what}: HEAD has no body"
+        );
+
+        let resp = http.get(&link).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], mime);
+        let body = resp.bytes().await.unwrap();
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), &get.body).unwrap();
+        if deterministic {
+            let (u, f) = (source.clone(), format.to_owned());
+            let direct = sha256_hex(
+                &blocking(move || direct_ytdlp(&u, &f, streamgate_sidecar::STREAM_DOWNLOADERS))
+                    .await,
+            );
+            assert_eq!(
+                sha256_hex(&get.body),
+                direct,
+                "{what}: curl bytes = direct yt-dlp"
+            );
+            assert_eq!(
+                sha256_hex(&body),
+                direct,
+                "{what}: reqwest bytes = direct yt-dlp"
+            );
+        } else {
+            // ffmpeg's live merge is not byte-stable: check both clients got a whole file.
+            let mut streams = ffprobe_streams(file.path());
+            streams.sort();
+            assert_eq!(streams, ["audio", "video"], "{what}");
+            assert!(
+                body.len() > 1_000_000 && get.body.len() > 1_000_000,
+                "{what}"
+            );
+        }
+        eprintln!(
+            "{what}: {} bytes as {mime} in {:?} (3 requests)",
+            body.len(),
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_download_name_is_sanitised_and_follows_the_container() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let state = gw.state_dir().display().to_string();
+    let url = server().url("hls/index.m3u8");
+    let name = "../Café “live”\r\n.mp4";
+    let token = mint(&["--state-dir", &state, "--url", &url, "--filename", name]);
+    let link = gw.stream_url(&token);
+    let head = blocking(move || curl(&["-I"], &link)).await;
+    assert_eq!(head.status, 200, "{head:?}");
+    assert_eq!(
+        head.header("content-disposition"),
+        Some(
+            "attachment; filename=\"_Caf_ _live___.ts\"; \
+             filename*=UTF-8''_Caf%C3%A9%20%E2%80%9Clive%E2%80%9D__.ts"
+        )
+    );
+}
+
+/// The problem+json answer of an early failure, with no media in it.
+fn assert_problem(r: &CurlResult, status: u16, code: &str, what: &str) {
+    assert_eq!((r.exit, r.status), (0, status), "{what}: {r:?}");
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/problem+json"),
+        "{what}"
+    );
+    assert!(r.body.len() < 2048, "{what}: a short problem, no media");
+    let p: serde_json::Value = serde_json::from_slice(&r.body).expect("problem JSON");
+    assert_eq!(p["status"], status, "{what}: {p}");
+    assert_eq!(p["code"], code, "{what}: {p}");
+    assert_eq!(p["type"], format!("urn:streamgate:problem:{code}"));
+    assert!(
+        p["title"].is_string() && p["detail"].is_string(),
+        "{what}: {p}"
+    );
+    assert_eq!(
+        r.header("x-request-id"),
+        p["request_id"].as_str(),
+        "{what}: {p}"
+    );
+}
+
+/// Accepts connections and never answers: extraction can only time out.
+fn silent_server() -> (std::net::TcpListener, String) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/video.mp4", listener.local_addr().unwrap());
+    (listener, url)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn early_failures_are_problems_with_their_status() {
+    let opts = GatewayOptions {
+        sidecar_args: vec!["--stall-timeout=3".into()],
+        ..GatewayOptions::default()
+    };
+    let gw = Gateway::start(opts).await;
+    let (_silent, silent_url) = silent_server();
+    let good = gw.mint(&server().url("progressive.mp4"), "b");
+    let mut tampered = good.clone().into_bytes();
+    let mid = tampered.len() / 2;
+    tampered[mid] = if tampered[mid] == b'A' { b'B' } else { b'A' };
+    let expired = seal_expired(&gw, &server().url("progressive.mp4")).await;
+    let cases = [
+        (gw.url("/stream"), 400, "missing_token"),
+        (gw.stream_url("not-a-token"), 400, "token_denied"),
+        (
+            gw.stream_url(&String::from_utf8(tampered).unwrap()),
+            403,
+            "token_denied",
+        ),
+        (gw.stream_url(&expired), 410, "token_denied"),
+        (
+            gw.stream_url(&gw.mint("file:///etc/passwd", "b")),
+            400,
+            "policy_denied",
+        ),
+        (
+            gw.stream_url(&gw.mint(&server().url("nope.mp4"), "b")),
+            404,
+            "not_found",
+        ),
+        (
+            gw.stream_url(&gw.mint(&server().url("page.html"), "b")),
+            422,
+            "unsupported_url",
+        ),
+        (
+            gw.stream_url(&gw.mint(&server().url("progressive.mp4"), "999")),
+            422,
+            "format_unavailable",
+        ),
+        (
+            gw.stream_url(&gw.mint("http://127.0.0.1:1/x.mp4", "b")),
+            502,
+            "upstream_failed",
+        ),
+        (gw.stream_url(&gw.mint(&silent_url, "b")), 504, "timeout"),
+        (gw.url("/nowhere"), 404, "route_not_found"),
+    ];
+    let runs = cases.iter().map(|(url, _, _)| {
+        let url = url.clone();
+        blocking(move || curl(&[], &url))
+    });
+    for ((url, status, code), r) in cases.iter().zip(join_all(runs).await) {
+        assert_problem(&r, *status, code, url);
+        eprintln!("{status} {code}: {}", String::from_utf8_lossy(&r.body));
+    }
+    let post = blocking({
+        let url = gw.stream_url(&good);
+        move || curl(&["-X", "POST"], &url)
+    });
+    assert_problem(&post.await, 405, "method_not_allowed", "POST");
+}
+
+/// A token that expired an hour ago, sealed with the gateway's own key by the real plugin.
+async fn seal_expired(gw: &Gateway, url: &str) -> String {
+    use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest};
+    let config = streamgate::config::Config::embedded(gw.state_dir(), true).unwrap();
+    let engine = PluginEngine::new(EngineSettings::default()).unwrap();
+    let tenants = streamgate::tenant::Tenants::build(&engine, &config).unwrap();
+    let tenant = tenants.default_tenant();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    let req = StreamRequest {
+        url: url.to_owned(),
+        format: "b".into(),
+        filename: None,
+        expires_at: Some(now.as_secs() - 3600),
+    };
+    tenant.token.seal(&tenant.id, &req).await.unwrap().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_sidecar_answers_busy_with_retry_after() {
+    let opts = GatewayOptions {
+        sidecar_args: vec!["--max-jobs=1".into(), "--queue=0".into()],
+        ..GatewayOptions::default()
+    };
+    let gw = Gateway::start(opts).await;
+    // A holds the only slot: it reads one chunk and stops, so backpressure keeps it running.
+    let link = gw.stream_url(&gw.mint(&large_url(), "b"));
+    let holder = reqwest::get(&link).await.unwrap();
+    assert_eq!(holder.status(), 200);
+    let mut holder = holder.bytes_stream();
+    holder.next().await.unwrap().unwrap();
+    let refused = blocking(move || curl(&[], &link)).await;
+    assert_problem(&refused, 503, "busy", "second job");
+    assert_eq!(refused.header("retry-after"), Some("2"));
+}
+
+/// A config file with three tenants: `main` (default), `other` (same key: its tokens must
+/// still not open there) and `broken` (the test-misbehave token plugin).
+fn three_tenants(dir: &std::path::Path) -> std::path::PathBuf {
+    let key = streamgate::plugin::builtin::xchacha_generate_key();
+    let misbehave = streamgate::plugin::builtin::test_misbehave_path();
+    let policy =
+        r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#;
+    let text = format!(
+        r#"
+[[tenant]]
+id = "main"
+token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
+policy = {policy}
+[[tenant]]
+id = "other"
+hosts = ["other.test"]
+token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
+policy = {policy}
+[[tenant]]
+id = "broken"
+hosts = ["broken.test"]
+token = {{ wasm = "{}" }}
+policy = {policy}
+"#,
+        misbehave.display()
+    );
+    let path = dir.join("streamgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tenants_by_host_and_plugin_failures_are_5xx_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = three_tenants(dir.path());
+    let opts = GatewayOptions {
+        config: Some(config.clone()),
+        allow_private_urls: false,
+        ..GatewayOptions::default()
+    };
+    let gw = Gateway::start(opts).await;
+    let url = server().url("audio-only.m4a");
+    let cfg = config.display().to_string();
+    let token = mint(&["--config", &cfg, "--tenant", "main", "--url", &url]);
+    let cases = [
+        ("127.0.0.1", token.as_str(), 200, ""),
+        ("other.test:80", token.as_str(), 403, "token_denied"),
+        ("broken.test", "trap", 500, "plugin_failed"),
+        ("broken.test", "alloc", 500, "plugin_failed"),
+        ("broken.test", "loop", 503, "plugin_failed"),
+    ];
+    for (host, data, status, code) in cases {
+        let (link, host) = (gw.stream_url(data), format!("Host: {host}"));
+        let started = Instant::now();
+        let r = blocking(move || curl(&["-H", &host], &link)).await;
+        if status == 200 {
+            assert_eq!(r.status, 200, "{r:?}\n{}", gw.logs());
+        } else {
+            assert_problem(&r, status, code, data);
+        }
+        eprintln!("{data:.12} → {status} in {:?}", started.elapsed());
+    }
+    // The plugin failed closed for those calls only: the next request is served.
+    let link = gw.stream_url(&token);
+    assert_eq!(blocking(move || curl(&["-I"], &link)).await.status, 200);
+}
+
+/// Polls until `path` holds at least `bytes` bytes.
+async fn wait_for_size(path: &std::path::Path, bytes: u64) -> bool {
+    wait_until(SLOW, || std::fs::metadata(path).is_ok_and(|m| m.len() >= bytes)).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_sidecar_fails_the_transfer_and_is_restarted() {
+    let mut gw = Gateway::start(GatewayOptions::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("partial.mp4");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--limit-rate", "2M", "-o"]).arg(&out);
+    cmd.arg(gw.stream_url(&gw.mint(&large_url(), "b")));
+    let mut transfer = ChildGuard::spawn(cmd, "curl").unwrap();
+    assert!(wait_for_size(&out, 1 << 20).await, "{}", gw.logs());
+    let first = gw.sidecar_pid().expect("a sidecar");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), nix::sys::signal::SIGKILL).unwrap();
+    let status = transfer.wait_timeout(SLOW).await.expect("curl ends");
+    let got = std::fs::metadata(&out).unwrap().len();
+    assert!(!status.success(), "curl must see a cut transfer ({got} bytes)");
+    eprintln!("killed sidecar {first}: curl {status} after {got} bytes");
+
+    let started = Instant::now();
+    assert!(gw.wait_ready(SLOW).await, "{}", gw.logs());
+    let second = gw.sidecar_pid().expect("a restarted sidecar");
+    assert_ne!(first, second);
+    let link = gw.stream_url(&gw.mint(&server().url("progressive.mp4"), "b"));
+    let after = blocking(move || curl(&[], &link)).await;
+    assert_eq!((after.exit, after.status), (0, 200), "{after:?}");
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    assert_eq!(sha256_hex(&after.body), file);
+    eprintln!("restarted as {second}, serving again after {:?}", started.elapsed());
+    assert!(gw.child().is_running());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_client_keeps_gateway_memory_flat() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const RATE: f64 = 200_000.0; // bytes per second
+    const READ_FOR: Duration = Duration::from_secs(20);
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let link = gw.stream_url(&gw.mint(&large_url(), "b"));
+    // Warm-up: one whole request, so plugin instances and buffers exist before the baseline.
+    let warm = gw.stream_url(&gw.mint(&server().url("progressive.mp4"), "b"));
+    assert_eq!(blocking(move || curl(&[], &warm)).await.status, 200);
+    let baseline = gw.rss_kib();
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let addr = link.trim_start_matches("http://").split('/').next().unwrap().parse().unwrap();
+    let mut conn = socket.connect(addr).await.unwrap();
+    let path = &link[link.find("/stream").unwrap()..];
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    let (mut received, mut peak) = (0u64, baseline);
+    let mut buf = vec![0u8; 16 * 1024];
+    let started = Instant::now();
+    while started.elapsed() < READ_FOR {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "the stream ended early after {received} bytes\n{}", gw.logs());
+        received += n as u64;
+        peak = peak.max(gw.rss_kib());
+        // Pace: never ahead of RATE.
+        let due = Duration::from_secs_f64(received as f64 / RATE);
+        tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+    }
+    let rate = received as f64 / started.elapsed().as_secs_f64() / 1000.0;
+    let growth = peak.saturating_sub(baseline);
+    eprintln!("slow client: {received} bytes at {rate:.0} kB/s; gateway RSS {baseline} KiB → peak {peak} KiB (+{growth} KiB)");
+    assert!(rate <= 210.0, "the client was not slow: {rate} kB/s");
+    assert!(growth < 16 * 1024, "gateway RSS grew {growth} KiB");
+    drop(conn);
+    assert!(wait_until(Duration::from_secs(5), || gw.ytdlp_processes().is_empty()).await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_clients_leaving_after_a_mebibyte_leave_no_ytdlp() {
+    let opts = GatewayOptions {
+        sidecar_args: vec!["--max-jobs=8".into(), "--queue=12".into(), "--queue-timeout=120".into()],
+        ..GatewayOptions::default()
+    };
+    let gw = Gateway::start(opts).await;
+    let link = gw.stream_url(&gw.mint(&large_url(), "b"));
+    let started = Instant::now();
+    let clients = (0..20).map(|_| {
+        let link = link.clone();
+        async move {
+            let resp = reqwest::get(&link).await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let mut body = resp.bytes_stream();
+            let mut got = 0;
+            while got < 1 << 20 {
+                got += body.next().await.expect("more data").unwrap().len();
+            }
+            // Dropping the body closes the connection mid-stream.
+        }
+    });
+    join_all(clients).await;
+    let all_left = started.elapsed();
+    let gone = Instant::now();
+    let clean = wait_until(Duration::from_secs(2), || gw.ytdlp_processes().is_empty()).await;
+    assert!(clean, "left behind: {:?}\n{}", gw.ytdlp_processes(), gw.logs());
+    eprintln!("20 clients served 1 MiB each in {all_left:?}; no yt-dlp {:?} later", gone.elapsed());
+}
+
+/// The README's quick start, run as written: `scripts/run` (plus flags for a free port, a
+/// temp state dir and loopback fixtures), then its `mint` and `curl` lines.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readme_quick_start_works() {
+    let root = repo_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme.split("<!-- quick-start").nth(1).expect("quick-start marker");
+    let blocks: Vec<&str> = section.split("```sh\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
+    assert_eq!(blocks[0].lines().collect::<Vec<_>>(), ["scripts/run", "scripts/test"]);
+    let (mint_line, curl_line) = (blocks[1].lines().next().unwrap(), blocks[1].lines().nth(1).unwrap());
+    assert!(mint_line.starts_with("TOKEN=$(target/release/streamgate mint --url "), "{mint_line}");
+    assert!(curl_line.starts_with("curl "), "{curl_line}");
+
+    let gw = Gateway::start_script(&root.join("scripts/run"), &[]).await;
+    let fixture = server().url("progressive.mp4");
+    let state = gw.state_dir().display().to_string();
+    let mint_line = mint_line
+        .replace("'https://example.com/clip.mp4'", &format!("'{fixture}'"))
+        .replace(" mint ", &format!(" mint --state-dir '{state}' "));
+    let curl_line = curl_line.replace("http://127.0.0.1:8080", &gw.url(""));
+    let out = tempfile::tempdir().unwrap();
+    let script = format!("set -e\n{mint_line}\n{curl_line}\n");
+    let (cwd, root2) = (out.path().to_owned(), root.clone());
+    let status = blocking(move || {
+        let bin = root2.join("target/release");
+        std::process::Command::new("bash")
+            .args(["-c", &script.replace("target/release", &bin.display().to_string())])
+            .current_dir(cwd)
+            .status()
+            .unwrap()
+    })
+    .await;
+    assert!(status.success(), "{}", gw.logs());
+    let got = out.path().join("progressive.mp4");
+    let want = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    assert_eq!(sha256_file(&got).unwrap(), want, "curl -OJ saved the file under its name");
+}

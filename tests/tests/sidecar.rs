@@ -1,0 +1,567 @@
+//! End-to-end tests of `streamgate-sidecar`: the release binary, the venv's yt-dlp, ffmpeg,
+//! fixtures from `tests/fixtures/make-media` served on 127.0.0.1.
+
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use streamgate_protocol::{Frame, kind};
+use streamgate_tests::*;
+
+/// One fixture server for the whole test binary (it runs on its own thread).
+fn server() -> &'static FixtureServer {
+    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
+    SERVER.get_or_init(|| FixtureServer::start(fixtures()))
+}
+
+async fn sidecar() -> Sidecar {
+    Sidecar::start(SidecarOptions::default()).await
+}
+
+/// A job that ended well: metadata first, data, `end` equal to the bytes received.
+fn assert_complete(t: &Transcript, sc: &Sidecar, ext: &str, mime: &str) {
+    let ctx = || {
+        format!(
+            "kinds {:?}, error {:?}, broken {:?}\n{}",
+            &t.kinds[..t.kinds.len().min(4)],
+            t.error,
+            t.broken,
+            sc.logs()
+        )
+    };
+    assert!(t.error.is_none() && t.broken.is_none(), "{}", ctx());
+    assert_eq!(t.kinds.first(), Some(&kind::METADATA), "{}", ctx());
+    assert!(t.metadata_first() && t.data_frames() > 0, "{}", ctx());
+    assert_eq!(
+        t.end,
+        Some(t.data.len() as u64),
+        "end.total_bytes must count the data"
+    );
+    assert_eq!(t.kinds.last(), Some(&kind::END));
+    let meta = t.metadata.as_ref().unwrap();
+    assert_eq!(
+        (meta.ext.as_str(), meta.mime.as_str()),
+        (ext, mime),
+        "{meta:?}"
+    );
+    assert!(meta.filename.ends_with(&format!(".{ext}")), "{meta:?}");
+}
+
+/// A direct `yt-dlp -o -` run with the sidecar's downloader choice (ffmpeg for HLS and DASH:
+/// yt-dlp's own writes every fragment to disk first).
+async fn direct(url: &str, format: &str) -> Vec<u8> {
+    let (url, format) = (url.to_owned(), format.to_owned());
+    tokio::task::spawn_blocking(move || {
+        direct_ytdlp(&url, &format, streamgate_sidecar::STREAM_DOWNLOADERS)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn progressive_mp4_is_relayed_byte_for_byte() {
+    let sc = sidecar().await;
+    let url = server().url("progressive.mp4");
+    let t = Client::stream(sc.socket(), &url, "b").await;
+    assert_complete(&t, &sc, "mp4", "video/mp4");
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    assert_eq!(sha256_hex(&t.data), sha256_hex(&direct(&url, "b").await));
+    assert_eq!(
+        sha256_hex(&t.data),
+        file,
+        "a progressive download is the file itself"
+    );
+    eprintln!("progressive: {} bytes, sha256 {file}", t.data.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hls_is_mpeg_ts_and_matches_a_direct_run() {
+    let sc = sidecar().await;
+    let url = server().url("hls/index.m3u8");
+    let t = Client::stream(sc.socket(), &url, "b").await;
+    // yt-dlp says "mp4" for this format; the bytes are MPEG-TS.
+    assert_complete(&t, &sc, "ts", "video/mp2t");
+    let reference = direct(&url, "b").await;
+    assert_eq!(sha256_hex(&t.data), sha256_hex(&reference));
+    eprintln!(
+        "hls: {} bytes, sha256 {}",
+        t.data.len(),
+        sha256_hex(&t.data)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dash_video_plus_audio_is_merged_by_ffmpeg() {
+    let sc = sidecar().await;
+    let t = Client::stream(sc.socket(), &server().url("dash/manifest.mpd"), "bv+ba").await;
+    assert_complete(&t, &sc, "ts", "video/mp2t");
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &t.data).unwrap();
+    let mut streams = ffprobe_streams(file.path());
+    streams.sort();
+    assert_eq!(
+        streams,
+        ["audio", "video"],
+        "one video and one audio stream"
+    );
+    eprintln!("dash bv+ba: {} bytes, streams {streams:?}", t.data.len());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_get_their_code_and_no_data() {
+    let sc = sidecar().await;
+    let s = server();
+    let cases = [
+        (s.url("no-such-file.mp4"), "b", "not_found"),
+        (s.url("page.html"), "b", "unsupported_url"),
+        (s.url("progressive.mp4"), "999", "format_unavailable"),
+        (
+            format!("-{}", s.url("progressive.mp4")),
+            "b",
+            "unsupported_url",
+        ),
+        ("--exec=touch pwned".to_owned(), "b", "unsupported_url"),
+        // Two `ism` formats: yt-dlp cannot merge them to stdout and would concatenate.
+        (s.url("ism/manifest.ism"), "bv+ba", "format_unavailable"),
+        (s.url("progressive.mp4"), "-x", "format_unavailable"),
+    ];
+    let runs = cases
+        .iter()
+        .map(|(url, format, _)| Client::stream(sc.socket(), url, format));
+    for ((url, format, code), t) in cases.iter().zip(join_all(runs).await) {
+        let what = format!("{url} -f {format}: {t:?}");
+        assert_eq!(t.error_code(), *code, "{what}\n{}", sc.logs());
+        assert_eq!(
+            t.kinds,
+            [kind::ERROR],
+            "exactly one error frame, no metadata or data: {what}"
+        );
+        assert!(!t.error.as_ref().unwrap().message.is_empty());
+        eprintln!(
+            "{url} -f {format} → {code}: {}",
+            t.error.as_ref().unwrap().message
+        );
+    }
+    assert!(std::fs::read_dir(sc.work_dir()).unwrap().next().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolve_returns_trimmed_info() {
+    let sc = sidecar().await;
+    let t = Client::resolve(sc.socket(), &server().url("dash/manifest.mpd")).await;
+    assert_eq!(t.kinds, [kind::INFO], "{t:?}\n{}", sc.logs());
+    let info = t.info.unwrap();
+    assert_eq!(info.title.as_deref(), Some("manifest"));
+    assert_eq!(info.formats.len(), 2, "{info:?}");
+    let video = info
+        .formats
+        .iter()
+        .find(|f| f.acodec.as_deref() == Some("none"))
+        .unwrap();
+    assert!(
+        video.vcodec.as_deref().unwrap().starts_with("avc1"),
+        "{video:?}"
+    );
+    assert_eq!(video.resolution.as_deref(), Some("1280x720"));
+    assert_eq!(video.protocol.as_deref(), Some("http_dash_segments"));
+    let missing = Client::resolve(sc.socket(), &server().url("gone.mpd")).await;
+    assert_eq!(missing.error_code(), "not_found", "{missing:?}");
+}
+
+/// Starts a DASH merge (yt-dlp + ffmpeg), waits for data and for ffmpeg to be running.
+async fn merge_in_flight(sc: &Sidecar) -> Client {
+    let mut client = Client::connect(sc.socket()).await.unwrap();
+    client
+        .start_stream(&server().url("dash/manifest.mpd"), "bv+ba")
+        .await
+        .unwrap();
+    let mut t = Transcript::default();
+    client
+        .collect_until(&mut t, |t| t.data_frames() > 0 || t.error.is_some())
+        .await;
+    assert!(t.data_frames() > 0, "{t:?}\n{}", sc.logs());
+    let ffmpeg = || sc.job_processes().iter().any(|p| p.comm == "ffmpeg");
+    assert!(
+        wait_until(SLOW, ffmpeg).await,
+        "no ffmpeg under the sidecar"
+    );
+    client
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancel_or_close_kills_the_process_group_within_a_second() {
+    let sc = sidecar().await;
+    for how in ["cancel", "close"] {
+        let mut client = merge_in_flight(&sc).await;
+        let before = sc.job_processes();
+        let started = Instant::now();
+        if how == "cancel" {
+            client.send(Frame::Cancel).await.unwrap();
+        } else {
+            drop(client);
+        }
+        let gone = wait_until(Duration::from_secs(1), || sc.job_processes().is_empty()).await;
+        let took = started.elapsed();
+        assert!(
+            gone,
+            "{how}: still running after 1 s: {:?}",
+            sc.job_processes()
+        );
+        let names: Vec<_> = before.iter().map(|p| p.comm.as_str()).collect();
+        eprintln!("{how}: {names:?} gone in {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving() {
+    let opts = SidecarOptions {
+        max_jobs: Some(4),
+        queue: Some(32),
+        ..Default::default()
+    };
+    let sc = sidecar_with(opts).await;
+    let saw_ffmpeg = std::sync::atomic::AtomicBool::new(false);
+    let jobs = (0..20).map(|i| {
+        let (sc, saw_ffmpeg) = (&sc, &saw_ffmpeg);
+        async move {
+            let (path, format) = if i % 2 == 0 {
+                ("progressive.mp4", "b")
+            } else {
+                ("dash/manifest.mpd", "bv+ba")
+            };
+            let mut client = Client::connect(sc.socket()).await.unwrap();
+            client
+                .start_stream(&server().url(path), format)
+                .await
+                .unwrap();
+            let mut t = Transcript::default();
+            let one_mb =
+                |t: &Transcript| t.data.len() >= 1 << 20 || t.error.is_some() || t.end.is_some();
+            tokio::time::timeout(SLOW, client.collect_until(&mut t, one_mb))
+                .await
+                .expect("first MB in time");
+            assert!(
+                t.data.len() >= 1 << 20 && t.end.is_none(),
+                "job {i}: {:?} {:?}",
+                t.error,
+                t.end
+            );
+            if sc.job_processes().iter().any(|p| p.comm == "ffmpeg") {
+                saw_ffmpeg.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            drop(client);
+        }
+    });
+    join_all(jobs).await;
+    let last_close = Instant::now();
+    let clean = wait_until(Duration::from_secs(2), || sc.job_processes().is_empty()).await;
+    assert!(clean, "left after 2 s: {:?}", sc.job_processes());
+    eprintln!(
+        "20 abandoned jobs: no process left {:?} after the last close",
+        last_close.elapsed()
+    );
+    assert!(saw_ffmpeg.into_inner(), "the merges should have run ffmpeg");
+    let t = Client::stream(sc.socket(), &server().url("progressive.mp4"), "b").await;
+    assert_complete(&t, &sc, "mp4", "video/mp4");
+}
+
+async fn sidecar_with(opts: SidecarOptions) -> Sidecar {
+    Sidecar::start(opts).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_queue_answers_busy_at_once() {
+    let opts = SidecarOptions {
+        max_jobs: Some(1),
+        queue: Some(1),
+        ..Default::default()
+    };
+    let sc = sidecar_with(opts).await;
+    // A holds the only slot: it stops reading, so backpressure keeps its yt-dlp alive.
+    let mut a = Client::connect(sc.socket()).await.unwrap();
+    a.start_stream(&server().url("progressive.mp4"), "b")
+        .await
+        .unwrap();
+    let mut first = Transcript::default();
+    a.collect_until(&mut first, |t| t.data_frames() > 0 || t.error.is_some())
+        .await;
+    assert!(first.data_frames() > 0, "{first:?}");
+    // B and C: one takes the queue place, the other finds it full.
+    let url = server().url("progressive.mp4");
+    let mut b = tokio::spawn(collect(sc.socket().to_owned(), url.clone()));
+    let mut c = tokio::spawn(collect(sc.socket().to_owned(), url));
+    let (refused, waiting) = tokio::select! {
+        r = &mut b => (r.unwrap(), c),
+        r = &mut c => (r.unwrap(), b),
+        _ = tokio::time::sleep(Duration::from_secs(60)) => panic!("nobody got busy\n{}", sc.logs()),
+    };
+    assert_eq!(refused.error_code(), "busy", "{refused:?}");
+    assert_eq!(refused.kinds, [kind::ERROR]);
+    assert!(
+        !waiting.is_finished(),
+        "the queued job cannot finish while A holds the slot"
+    );
+    drop(a);
+    let served = waiting.await.unwrap();
+    assert_complete(&served, &sc, "mp4", "video/mp4");
+}
+
+async fn collect(socket: std::path::PathBuf, url: String) -> Transcript {
+    Client::stream(&socket, &url, "b").await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_download_ends_with_timeout() {
+    let opts = SidecarOptions {
+        stall_timeout: Some(2.0),
+        ..Default::default()
+    };
+    let sc = sidecar_with(opts).await;
+    let started = Instant::now();
+    let t = Client::stream(sc.socket(), &server().url("stall/progressive.mp4"), "b").await;
+    assert_eq!(t.error_code(), "timeout", "{:?}\n{}", t.error, sc.logs());
+    assert!(t.metadata_first() && t.data.len() <= streamgate_tests::http::STALL_AFTER);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(wait_until(Duration::from_secs(2), || sc.job_processes().is_empty()).await);
+}
+
+/// Raw bytes to a live sidecar, optionally after a proper handshake; returns its replies.
+async fn send_raw(sc: &Sidecar, bytes: &[u8], handshake: bool) -> Vec<Frame> {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::AsyncWriteExt;
+    let stream = tokio::net::UnixStream::connect(sc.socket()).await.unwrap();
+    let mut conn = streamgate_protocol::connection(stream);
+    if handshake {
+        streamgate_protocol::client_handshake(&mut conn, "hostile")
+            .await
+            .unwrap();
+    }
+    let _ = conn.get_mut().write_all(bytes).await;
+    let _ = conn.get_mut().shutdown().await; // what was sent is all there is
+    let _ = conn.flush().await;
+    let mut replies = Vec::new();
+    let read = async {
+        while let Some(Ok(frame)) = conn.next().await {
+            replies.push(frame);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the sidecar must close");
+    replies
+}
+
+/// A deterministic byte soup (xorshift), so a failure can be replayed.
+fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_bytes_get_a_protocol_error_and_no_big_allocation() {
+    let sc = sidecar().await;
+    let rss_before = sc.rss_kib();
+    let mut cases: Vec<(String, Vec<u8>)> = vec![
+        (
+            "4 GiB length".into(),
+            vec![0xff, 0xff, 0xff, 0xff, kind::DATA],
+        ),
+        (
+            "1 MiB + 1 length".into(),
+            vec![0x00, 0x10, 0x00, 0x01, kind::STREAM],
+        ),
+        (
+            "truncated payload".into(),
+            vec![0, 0, 0, 100, kind::STREAM, b'{'],
+        ),
+        ("truncated header".into(), vec![0, 0]),
+        ("unknown type".into(), vec![0, 0, 0, 1, 0x77]),
+        ("empty frame".into(), vec![0, 0, 0, 0]),
+        (
+            "json missing fields".into(),
+            vec![0, 0, 0, 3, kind::STREAM, b'{', b'}'],
+        ),
+        (
+            "data from the client".into(),
+            vec![0, 0, 0, 2, kind::DATA, 0],
+        ),
+        (
+            "hello version 2".into(),
+            [&[0, 0, 0, 14, kind::HELLO][..], br#"{"version":2}"#].concat(),
+        ),
+    ];
+    for seed in 1..=8 {
+        cases.push((format!("noise seed {seed}"), noise(seed, 64 * 1024)));
+    }
+    for (name, bytes) in &cases {
+        for handshake in [false, true] {
+            if handshake && name.starts_with("hello") {
+                continue;
+            }
+            let replies = send_raw(&sc, bytes, handshake).await;
+            let what = format!("{name} (after handshake: {handshake}): {replies:?}");
+            let last = replies
+                .last()
+                .unwrap_or_else(|| panic!("no reply: {what}\n{}", sc.logs()));
+            assert!(
+                matches!(last, Frame::Error(e) if e.code.as_str() == "protocol"),
+                "{what}"
+            );
+            assert!(
+                !replies
+                    .iter()
+                    .any(|f| matches!(f, Frame::Data(_) | Frame::Metadata(_))),
+                "{what}"
+            );
+        }
+    }
+    let mut sc = sc;
+    assert!(sc.child().is_running(), "the sidecar died:\n{}", sc.logs());
+    let grown = sc.rss_kib().saturating_sub(rss_before);
+    assert!(grown < 32 * 1024, "RSS grew by {grown} KiB");
+    eprintln!(
+        "{} hostile inputs ×2: all refused; RSS grew {grown} KiB",
+        cases.len()
+    );
+    let t = Client::resolve(sc.socket(), &server().url("progressive.mp4")).await;
+    assert_eq!(t.kinds, [kind::INFO], "still serving: {t:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_media_byte_touches_disk() {
+    let sc = sidecar().await;
+    let work = sc.work_dir().to_owned();
+    // Any file or directory created, written or moved in, even briefly, is an event.
+    let watch = DirWatch::new(&work).unwrap();
+    let s = server();
+    let jobs = [
+        ("progressive.mp4", "b", "mp4", "video/mp4"),
+        ("video-only.mp4", "b", "mp4", "video/mp4"),
+        ("audio-only.m4a", "b", "m4a", "audio/mp4"),
+        ("hls/index.m3u8", "b", "ts", "video/mp2t"),
+        ("dash/manifest.mpd", "bv+ba", "ts", "video/mp2t"),
+        ("dash/manifest.mpd", "ba", "m4a", "audio/mp4"),
+    ];
+    for (path, format, ext, mime) in jobs {
+        let mut client = Client::connect(sc.socket()).await.unwrap();
+        client.start_stream(&s.url(path), format).await.unwrap();
+        let mut t = Transcript::default();
+        client
+            .collect_until(&mut t, |t| {
+                t.data.len() >= 256 * 1024 || t.error.is_some() || t.end.is_some()
+            })
+            .await;
+        assert!(
+            std::fs::read_dir(&work).unwrap().next().is_none(),
+            "{path}: files mid-stream"
+        );
+        tokio::time::timeout(SLOW, client.collect_until(&mut t, |_| false))
+            .await
+            .unwrap();
+        assert_complete(&t, &sc, ext, mime);
+        eprintln!("{path} -f {format}: {} bytes as {mime}", t.data.len());
+    }
+    let t = Client::resolve(sc.socket(), &s.url("hls/index.m3u8")).await;
+    assert!(t.info.is_some(), "{t:?}");
+    let touched = watch.touched();
+    assert!(
+        touched.is_empty(),
+        "the work dir was written to: {touched:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left in the work dir: {left:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_accepting_then_kills_after_the_drain_deadline() {
+    let opts = SidecarOptions {
+        drain_timeout: Some(2.0),
+        ..Default::default()
+    };
+    let mut sc = sidecar_with(opts).await;
+    let mut client = merge_in_flight(&sc).await;
+    let group: Vec<i32> = sc.job_processes().iter().map(|p| p.pgid).collect();
+    let signalled = Instant::now();
+    sc.child().signal(nix::sys::signal::Signal::SIGTERM);
+    let socket = sc.socket().to_owned();
+    assert!(
+        wait_until(Duration::from_secs(5), || !socket.exists()).await,
+        "socket still there"
+    );
+    assert!(
+        Client::connect(&socket).await.is_err(),
+        "accepted a connection while draining"
+    );
+    assert!(
+        !sc.job_processes().is_empty(),
+        "the running job must get the drain period"
+    );
+    let status = sc.child().wait_timeout(Duration::from_secs(30)).await;
+    let took = signalled.elapsed();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "{status:?}\n{}",
+        sc.logs()
+    );
+    assert!(
+        took >= Duration::from_secs(2),
+        "killed before the deadline: {took:?}"
+    );
+    let t = client.collect(Duration::from_secs(30)).await;
+    assert!(t.end.is_none(), "the job cannot have finished: {t:?}");
+    let orphans: Vec<_> = group
+        .iter()
+        .flat_map(|g| streamgate_tests::process::in_group(*g))
+        .collect();
+    assert!(orphans.is_empty(), "{orphans:?}");
+    eprintln!("sigterm: exited {took:?} after the signal, job killed at the 2 s deadline");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_socket_is_private_single_and_replaces_a_stale_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    // A stale socket: bound, then its owner gone without unlinking it.
+    drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+    let opts = SidecarOptions {
+        socket: Some(path.clone()),
+        ..Default::default()
+    };
+    let sc = sidecar_with(opts).await;
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let second = std::process::Command::new(release_bin("streamgate-sidecar"))
+        .arg("--socket")
+        .arg(&path)
+        .arg("--yt-dlp")
+        .arg(yt_dlp())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("already listening"), "{err}");
+    let t = Client::resolve(sc.socket(), &server().url("progressive.mp4")).await;
+    assert_eq!(t.kinds, [kind::INFO], "the first one still serves");
+    let file = dir.path().join("not-a-socket");
+    std::fs::write(&file, "keep me").unwrap();
+    let third = std::process::Command::new(release_bin("streamgate-sidecar"))
+        .arg("--socket")
+        .arg(&file)
+        .arg("--yt-dlp")
+        .arg(yt_dlp())
+        .output()
+        .unwrap();
+    assert!(!third.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+}
