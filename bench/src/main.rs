@@ -74,6 +74,10 @@ pub struct Args {
     /// Concurrent streams in the second relay row.
     #[arg(long, default_value_t = 8)]
     pub relay_streams: usize,
+    /// Data payload per frame sent by the fake sidecar, in KiB (256 = the protocol's maximum,
+    /// what the real sidecar sends when yt-dlp is fast).
+    #[arg(long, default_value_t = 256)]
+    pub relay_frame_kib: usize,
     /// Relay streams held open (stalled after their first MiB) to weigh the gateway's
     /// memory per stream without the sidecar's job limit in the way.
     #[arg(long, default_value_t = 64)]

@@ -437,6 +437,8 @@ pub async fn relay(ctx: &Ctx, res: &mut Results) -> anyhow::Result<()> {
         .arg(&sock)
         .arg("--mib")
         .arg(args.relay_mib.to_string())
+        .arg("--frame-kib")
+        .arg(args.relay_frame_kib.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(ctx.work.join("logs/fake-sidecar.log"))?)
         .stderr(std::fs::File::create(ctx.work.join("logs/fake-sidecar.err.log"))?)
@@ -808,7 +810,7 @@ pub fn render(ctx: &Ctx, res: &Results, f: &RunFacts) -> String {
     let _ = writeln!(w, "| throughput runs | {} per system (median reported) |", a.throughput_runs);
     let _ = writeln!(w, "| concurrency | n = {:?}, URLs: {} |", a.concurrency, a.concurrency_urls);
     let _ = writeln!(w, "| memory | {} streams held open, each stalled after its first MiB |", a.memory_streams);
-    let _ = writeln!(w, "| relay | 1 × {} MiB and {} × {} MiB from the fake sidecar |", a.relay_mib, a.relay_streams, a.relay_mib / a.relay_streams.max(1) as u64);
+    let _ = writeln!(w, "| relay | 1 × {} MiB and {} × {} MiB from the fake sidecar, {} KiB data frames; {} streams held for memory |", a.relay_mib, a.relay_streams, a.relay_mib / a.relay_streams.max(1) as u64, a.relay_frame_kib, a.relay_hold);
     let _ = writeln!(w, "| plugin probes | {} per probe, kept-alive connection, interleaved |", a.plugin_samples);
     let _ = writeln!(w, "| units | MB = 10⁶ bytes; KiB/MiB = 2¹⁰/2²⁰ bytes; p50/p95 nearest-rank |");
     let _ = writeln!(w, "| wall time | {:.0} s in total, {:.0} s measuring |", f.wall.as_secs_f64(), f.sections_wall.as_secs_f64());
@@ -1094,7 +1096,7 @@ pub fn render(ctx: &Ctx, res: &Results, f: &RunFacts) -> String {
     // ------------------------------------------------ relay
     if a.has("relay") {
         let _ = writeln!(w, "## Relay alone\n");
-        let _ = writeln!(w, "`streamgate-bench-fake-sidecar` (bench/src/bin/fake-sidecar.rs) speaks docs/protocol.md with `streamgate-protocol` and answers each stream job with metadata and N MiB of 256 KiB data frames, pre-encoded, written as fast as the socket drains. The gateway is started with `--config` pointing its sidecar client at that socket (bench/relay-config.toml), so the row measures gateway + client only: socket read, frame decode, HTTP body write, on the same 2 cores as the client.\n");
+        let _ = writeln!(w, "`streamgate-bench-fake-sidecar` (bench/src/bin/fake-sidecar.rs) speaks docs/protocol.md with `streamgate-protocol` and answers each stream job with metadata and N MiB of data frames (256 KiB unless `--relay-frame-kib` says otherwise), pre-encoded, written as fast as the socket drains. The gateway is started with `--config` pointing its sidecar client at that socket (bench/relay-config.toml), so the row measures gateway + client only: socket read, frame decode, HTTP body write, on the same 2 cores as the client.\n");
         if let Some(why) = &res.relay_pending {
             let _ = writeln!(w, "**pending**: {why}\n");
         }

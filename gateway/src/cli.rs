@@ -127,13 +127,15 @@ impl ServeArgs {
         Ok(config)
     }
 
-    /// Socket of a spawned sidecar: the config's, else one in the state directory.
-    pub fn sidecar_socket(&self, config: &Config) -> PathBuf {
-        config
-            .sidecar
-            .socket
-            .clone()
-            .unwrap_or_else(|| state::sidecar_socket(&self.source.state_dir))
+    /// Socket of a spawned sidecar: the config's, else one in the state directory (created).
+    pub fn sidecar_socket(&self, config: &Config) -> Result<PathBuf, ConfigError> {
+        match &config.sidecar.socket {
+            Some(socket) => Ok(socket.clone()),
+            None => {
+                state::ensure_dir(&self.source.state_dir)?;
+                Ok(state::sidecar_socket(&self.source.state_dir))
+            }
+        }
     }
 }
 

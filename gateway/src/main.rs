@@ -56,7 +56,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let (socket, supervisor) = match &config.sidecar.connect {
         Some(socket) => (socket.clone(), None),
         None => {
-            let socket = args.sidecar_socket(&config);
+            let socket = args.sidecar_socket(&config)?;
             let binary = match &config.sidecar.binary {
                 Some(b) => b.clone(),
                 None => sidecar_next_to(&std::env::current_exe()?),

@@ -180,7 +180,7 @@ async fn respond(
     let headers = media_headers(&meta, wanted.filename.as_deref(), request_id);
     let mut resp = if method == Method::HEAD {
         relay::cancel(conn);
-        // A body of unknown length, as GET's is, so hyper frames both sets of headers alike.
+        // Not `Full::default()`: hyper would announce `content-length: 0` for that.
         let nothing = futures::stream::empty::<Result<bytes::Bytes, Infallible>>();
         warp::reply::stream(nothing).into_response()
     } else {

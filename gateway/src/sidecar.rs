@@ -203,6 +203,9 @@ fn spawn(settings: &SupervisorSettings) -> std::io::Result<Child> {
         .arg(&settings.socket)
         .args(&settings.args)
         .stdin(Stdio::null())
+        // Its own process group: a Ctrl-C on the terminal reaches the gateway only, which
+        // drains its streams first and then stops the sidecar itself.
+        .process_group(0)
         .kill_on_drop(true);
     // SAFETY: prctl is async-signal-safe. The sidecar must not outlive a gateway killed with
     // SIGKILL: the kernel sends it SIGTERM when the spawning thread (a runtime worker) exits.

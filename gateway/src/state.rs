@@ -37,17 +37,25 @@ impl KeyRing {
     }
 }
 
+/// Creates the state directory (mode 0700) unless it exists.
+pub fn ensure_dir(state_dir: &Path) -> Result<(), ConfigError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|source| ConfigError::State {
+            path: state_dir.to_owned(),
+            source,
+        })
+}
+
 /// Reads the key ring from `state_dir`, creating the directory and a new key when missing.
 pub fn load_or_create_key(state_dir: &Path) -> Result<KeyRing, ConfigError> {
     let err = |source| ConfigError::State {
         path: state_dir.to_owned(),
         source,
     };
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
-        .map_err(err)?;
+    ensure_dir(state_dir)?;
     let path = state_dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => {

@@ -4,6 +4,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 
 use futures::SinkExt;
 use futures::stream::{SplitSink, SplitStream, StreamExt};
@@ -26,6 +27,9 @@ use crate::{Config, Error, resolve};
 pub(crate) type Tx = SplitSink<Connection<UnixStream>, Frame>;
 /// Receiving half of a client connection.
 pub(crate) type Rx = SplitStream<Connection<UnixStream>>;
+
+/// After the drain deadline, how long a job may take to kill its processes and say so.
+const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// What every connection task shares.
 pub(crate) struct Shared {
@@ -249,14 +253,26 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         };
         tracing::Span::current().record("kind", kind);
         let (mut tx, mut rx) = conn.split();
-        let outcome = run_job(&shared, &url, format.as_deref(), &mut tx, &mut rx).await;
-        match outcome {
-            Outcome::Done { bytes } => info!(bytes, "job done"),
-            Outcome::Failed { code, bytes } => info!(%code, bytes, "job failed"),
-            Outcome::Cancelled { bytes } => info!(bytes, "job cancelled by the client"),
-            Outcome::Protocol => info!("job ended by a protocol error"),
+        let job = async {
+            let outcome = run_job(&shared, &url, format.as_deref(), &mut tx, &mut rx).await;
+            match outcome {
+                Outcome::Done { bytes } => info!(bytes, "job done"),
+                Outcome::Failed { code, bytes } => info!(%code, bytes, "job failed"),
+                Outcome::Cancelled { bytes } => info!(bytes, "job cancelled by the client"),
+                Outcome::Protocol => info!("job ended by a protocol error"),
+            }
+            let _ = tokio::time::timeout(job::LAST_FRAME_TIMEOUT, tx.close()).await;
+        };
+        // Past the drain deadline a job gets KILL_GRACE to kill and reap its processes; a
+        // client that does not read its last frame does not hold the shutdown up.
+        let deadline = async {
+            shared.kill_jobs.cancelled().await;
+            tokio::time::sleep(KILL_GRACE).await;
+        };
+        tokio::select! {
+            _ = job => {}
+            _ = deadline => warn!("connection dropped at shutdown"),
         }
-        let _ = tokio::time::timeout(job::LAST_FRAME_TIMEOUT, tx.close()).await;
     }
     .instrument(span)
     .await

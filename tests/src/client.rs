@@ -54,6 +54,34 @@ impl Transcript {
         }
     }
 
+    /// Asserts a job that ended well: metadata first, with `ext` and `mime`; data; an `end`
+    /// equal to the bytes received. `logs` (the server's) is shown when it fails.
+    pub fn assert_complete(&self, logs: &str, ext: &str, mime: &str) {
+        let head = &self.kinds[..self.kinds.len().min(4)];
+        let ctx = || {
+            format!(
+                "kinds {head:?}…, error {:?}, broken {:?}\n{logs}",
+                self.error, self.broken
+            )
+        };
+        assert!(self.error.is_none() && self.broken.is_none(), "{}", ctx());
+        assert_eq!(self.kinds.first(), Some(&kind::METADATA), "{}", ctx());
+        assert!(self.metadata_first() && self.data_frames() > 0, "{}", ctx());
+        assert_eq!(
+            self.end,
+            Some(self.data.len() as u64),
+            "end.total_bytes must count the data"
+        );
+        assert_eq!(self.kinds.last(), Some(&kind::END));
+        let meta = self.metadata.as_ref().expect("metadata");
+        assert_eq!(
+            (meta.ext.as_str(), meta.mime.as_str()),
+            (ext, mime),
+            "{meta:?}"
+        );
+        assert!(meta.filename.ends_with(&format!(".{ext}")), "{meta:?}");
+    }
+
     /// The error code as its wire string, or `"-"`.
     pub fn error_code(&self) -> &'static str {
         self.error.as_ref().map_or("-", |e| e.code.as_str())
@@ -158,4 +186,42 @@ fn record(t: &mut Transcript, frame: Frame) {
         Frame::Error(e) => t.error = Some(e),
         _ => {}
     }
+}
+
+/// Writes raw `bytes` to the server at `socket` (after a proper handshake if asked), closes
+/// the write half, and returns every frame that came back before the server closed.
+pub async fn send_raw(socket: &Path, bytes: &[u8], handshake: bool) -> Vec<Frame> {
+    use tokio::io::AsyncWriteExt;
+    let stream = UnixStream::connect(socket).await.expect("connect");
+    let mut conn = connection(stream);
+    if handshake {
+        client_handshake(&mut conn, "hostile")
+            .await
+            .expect("handshake");
+    }
+    let _ = conn.get_mut().write_all(bytes).await;
+    let _ = conn.get_mut().shutdown().await; // what was sent is all there is
+    let mut replies = Vec::new();
+    let read = async {
+        while let Some(Ok(frame)) = conn.next().await {
+            replies.push(frame);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the server must close");
+    replies
+}
+
+/// Deterministic byte soup (xorshift64) for hostile-input tests: a failure can be replayed.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }

@@ -81,7 +81,12 @@ impl Gateway {
         let state_dir = dir.path().join("state");
         let mut cmd = Command::new(script);
         cmd.args(args)
-            .args(["--listen", "127.0.0.1:0", "--allow-private-urls", "--state-dir"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--allow-private-urls",
+                "--state-dir",
+            ])
             .arg(&state_dir);
         Gateway::spawn(cmd, dir, state_dir).await
     }

@@ -22,7 +22,7 @@ pub mod watch;
 
 use std::time::{Duration, Instant};
 
-pub use client::{Client, Transcript};
+pub use client::{Client, Transcript, noise, send_raw};
 pub use fixtures::{fixtures, large_fixture};
 pub use http::FixtureServer;
 pub use paths::{release_bin, repo_root, yt_dlp};

@@ -49,9 +49,10 @@ fn assert_media_headers(get: &CurlResult, mime: &str, ext: &str) {
     }
 }
 
-/// Headers that must be identical between GET and HEAD (all but per-response ones).
+/// Headers that must be identical between GET and HEAD: all but per-response ones and
+/// `transfer-encoding`, which frames a body HEAD does not have (RFC 9110 §9.3.2).
 fn stable_headers(r: &CurlResult) -> BTreeMap<String, String> {
-    let per_response = ["date", "x-request-id"];
+    let per_response = ["date", "x-request-id", "transfer-encoding"];
     r.headers
         .iter()
         .filter(|(k, _)| !per_response.contains(&k.as_str()))
@@ -361,7 +362,10 @@ async fn tenants_by_host_and_plugin_failures_are_5xx_problems() {
 
 /// Polls until `path` holds at least `bytes` bytes.
 async fn wait_for_size(path: &std::path::Path, bytes: u64) -> bool {
-    wait_until(SLOW, || std::fs::metadata(path).is_ok_and(|m| m.len() >= bytes)).await
+    wait_until(SLOW, || {
+        std::fs::metadata(path).is_ok_and(|m| m.len() >= bytes)
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -375,10 +379,17 @@ async fn a_dead_sidecar_fails_the_transfer_and_is_restarted() {
     let mut transfer = ChildGuard::spawn(cmd, "curl").unwrap();
     assert!(wait_for_size(&out, 1 << 20).await, "{}", gw.logs());
     let first = gw.sidecar_pid().expect("a sidecar");
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(first as i32), nix::sys::signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::SIGKILL,
+    )
+    .unwrap();
     let status = transfer.wait_timeout(SLOW).await.expect("curl ends");
     let got = std::fs::metadata(&out).unwrap().len();
-    assert!(!status.success(), "curl must see a cut transfer ({got} bytes)");
+    assert!(
+        !status.success(),
+        "curl must see a cut transfer ({got} bytes)"
+    );
     eprintln!("killed sidecar {first}: curl {status} after {got} bytes");
 
     let started = Instant::now();
@@ -390,7 +401,10 @@ async fn a_dead_sidecar_fails_the_transfer_and_is_restarted() {
     assert_eq!((after.exit, after.status), (0, 200), "{after:?}");
     let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
     assert_eq!(sha256_hex(&after.body), file);
-    eprintln!("restarted as {second}, serving again after {:?}", started.elapsed());
+    eprintln!(
+        "restarted as {second}, serving again after {:?}",
+        started.elapsed()
+    );
     assert!(gw.child().is_running());
 }
 
@@ -408,7 +422,13 @@ async fn a_slow_client_keeps_gateway_memory_flat() {
 
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
-    let addr = link.trim_start_matches("http://").split('/').next().unwrap().parse().unwrap();
+    let addr = link
+        .trim_start_matches("http://")
+        .split('/')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     let mut conn = socket.connect(addr).await.unwrap();
     let path = &link[link.find("/stream").unwrap()..];
     let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
@@ -418,7 +438,11 @@ async fn a_slow_client_keeps_gateway_memory_flat() {
     let started = Instant::now();
     while started.elapsed() < READ_FOR {
         let n = conn.read(&mut buf).await.unwrap();
-        assert!(n > 0, "the stream ended early after {received} bytes\n{}", gw.logs());
+        assert!(
+            n > 0,
+            "the stream ended early after {received} bytes\n{}",
+            gw.logs()
+        );
         received += n as u64;
         peak = peak.max(gw.rss_kib());
         // Pace: never ahead of RATE.
@@ -427,7 +451,9 @@ async fn a_slow_client_keeps_gateway_memory_flat() {
     }
     let rate = received as f64 / started.elapsed().as_secs_f64() / 1000.0;
     let growth = peak.saturating_sub(baseline);
-    eprintln!("slow client: {received} bytes at {rate:.0} kB/s; gateway RSS {baseline} KiB → peak {peak} KiB (+{growth} KiB)");
+    eprintln!(
+        "slow client: {received} bytes at {rate:.0} kB/s; gateway RSS {baseline} KiB → peak {peak} KiB (+{growth} KiB)"
+    );
     assert!(rate <= 210.0, "the client was not slow: {rate} kB/s");
     assert!(growth < 16 * 1024, "gateway RSS grew {growth} KiB");
     drop(conn);
@@ -437,7 +463,11 @@ async fn a_slow_client_keeps_gateway_memory_flat() {
 #[tokio::test(flavor = "multi_thread")]
 async fn twenty_clients_leaving_after_a_mebibyte_leave_no_ytdlp() {
     let opts = GatewayOptions {
-        sidecar_args: vec!["--max-jobs=8".into(), "--queue=12".into(), "--queue-timeout=120".into()],
+        sidecar_args: vec![
+            "--max-jobs=8".into(),
+            "--queue=12".into(),
+            "--queue-timeout=120".into(),
+        ],
         ..GatewayOptions::default()
     };
     let gw = Gateway::start(opts).await;
@@ -460,8 +490,16 @@ async fn twenty_clients_leaving_after_a_mebibyte_leave_no_ytdlp() {
     let all_left = started.elapsed();
     let gone = Instant::now();
     let clean = wait_until(Duration::from_secs(2), || gw.ytdlp_processes().is_empty()).await;
-    assert!(clean, "left behind: {:?}\n{}", gw.ytdlp_processes(), gw.logs());
-    eprintln!("20 clients served 1 MiB each in {all_left:?}; no yt-dlp {:?} later", gone.elapsed());
+    assert!(
+        clean,
+        "left behind: {:?}\n{}",
+        gw.ytdlp_processes(),
+        gw.logs()
+    );
+    eprintln!(
+        "20 clients served 1 MiB each in {all_left:?}; no yt-dlp {:?} later",
+        gone.elapsed()
+    );
 }
 
 /// The README's quick start, run as written: `scripts/run` (plus flags for a free port, a
@@ -470,11 +508,27 @@ async fn twenty_clients_leaving_after_a_mebibyte_leave_no_ytdlp() {
 async fn the_readme_quick_start_works() {
     let root = repo_root();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let section = readme.split("<!-- quick-start").nth(1).expect("quick-start marker");
-    let blocks: Vec<&str> = section.split("```sh\n").skip(1).map(|b| b.split("```").next().unwrap()).collect();
-    assert_eq!(blocks[0].lines().collect::<Vec<_>>(), ["scripts/run", "scripts/test"]);
-    let (mint_line, curl_line) = (blocks[1].lines().next().unwrap(), blocks[1].lines().nth(1).unwrap());
-    assert!(mint_line.starts_with("TOKEN=$(target/release/streamgate mint --url "), "{mint_line}");
+    let section = readme
+        .split("<!-- quick-start")
+        .nth(1)
+        .expect("quick-start marker");
+    let blocks: Vec<&str> = section
+        .split("```sh\n")
+        .skip(1)
+        .map(|b| b.split("```").next().unwrap())
+        .collect();
+    assert_eq!(
+        blocks[0].lines().collect::<Vec<_>>(),
+        ["scripts/run", "scripts/test"]
+    );
+    let (mint_line, curl_line) = (
+        blocks[1].lines().next().unwrap(),
+        blocks[1].lines().nth(1).unwrap(),
+    );
+    assert!(
+        mint_line.starts_with("TOKEN=$(target/release/streamgate mint --url "),
+        "{mint_line}"
+    );
     assert!(curl_line.starts_with("curl "), "{curl_line}");
 
     let gw = Gateway::start_script(&root.join("scripts/run"), &[]).await;
@@ -490,7 +544,10 @@ async fn the_readme_quick_start_works() {
     let status = blocking(move || {
         let bin = root2.join("target/release");
         std::process::Command::new("bash")
-            .args(["-c", &script.replace("target/release", &bin.display().to_string())])
+            .args([
+                "-c",
+                &script.replace("target/release", &bin.display().to_string()),
+            ])
             .current_dir(cwd)
             .status()
             .unwrap()
@@ -499,5 +556,9 @@ async fn the_readme_quick_start_works() {
     assert!(status.success(), "{}", gw.logs());
     let got = out.path().join("progressive.mp4");
     let want = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
-    assert_eq!(sha256_file(&got).unwrap(), want, "curl -OJ saved the file under its name");
+    assert_eq!(
+        sha256_file(&got).unwrap(),
+        want,
+        "curl -OJ saved the file under its name"
+    );
 }

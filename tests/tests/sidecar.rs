@@ -18,35 +18,6 @@ async fn sidecar() -> Sidecar {
     Sidecar::start(SidecarOptions::default()).await
 }
 
-/// A job that ended well: metadata first, data, `end` equal to the bytes received.
-fn assert_complete(t: &Transcript, sc: &Sidecar, ext: &str, mime: &str) {
-    let ctx = || {
-        format!(
-            "kinds {:?}, error {:?}, broken {:?}\n{}",
-            &t.kinds[..t.kinds.len().min(4)],
-            t.error,
-            t.broken,
-            sc.logs()
-        )
-    };
-    assert!(t.error.is_none() && t.broken.is_none(), "{}", ctx());
-    assert_eq!(t.kinds.first(), Some(&kind::METADATA), "{}", ctx());
-    assert!(t.metadata_first() && t.data_frames() > 0, "{}", ctx());
-    assert_eq!(
-        t.end,
-        Some(t.data.len() as u64),
-        "end.total_bytes must count the data"
-    );
-    assert_eq!(t.kinds.last(), Some(&kind::END));
-    let meta = t.metadata.as_ref().unwrap();
-    assert_eq!(
-        (meta.ext.as_str(), meta.mime.as_str()),
-        (ext, mime),
-        "{meta:?}"
-    );
-    assert!(meta.filename.ends_with(&format!(".{ext}")), "{meta:?}");
-}
-
 /// A direct `yt-dlp -o -` run with the sidecar's downloader choice (ffmpeg for HLS and DASH:
 /// yt-dlp's own writes every fragment to disk first).
 async fn direct(url: &str, format: &str) -> Vec<u8> {
@@ -63,7 +34,7 @@ async fn progressive_mp4_is_relayed_byte_for_byte() {
     let sc = sidecar().await;
     let url = server().url("progressive.mp4");
     let t = Client::stream(sc.socket(), &url, "b").await;
-    assert_complete(&t, &sc, "mp4", "video/mp4");
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
     let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
     assert_eq!(sha256_hex(&t.data), sha256_hex(&direct(&url, "b").await));
     assert_eq!(
@@ -80,7 +51,7 @@ async fn hls_is_mpeg_ts_and_matches_a_direct_run() {
     let url = server().url("hls/index.m3u8");
     let t = Client::stream(sc.socket(), &url, "b").await;
     // yt-dlp says "mp4" for this format; the bytes are MPEG-TS.
-    assert_complete(&t, &sc, "ts", "video/mp2t");
+    t.assert_complete(&sc.logs(), "ts", "video/mp2t");
     let reference = direct(&url, "b").await;
     assert_eq!(sha256_hex(&t.data), sha256_hex(&reference));
     eprintln!(
@@ -94,7 +65,7 @@ async fn hls_is_mpeg_ts_and_matches_a_direct_run() {
 async fn dash_video_plus_audio_is_merged_by_ffmpeg() {
     let sc = sidecar().await;
     let t = Client::stream(sc.socket(), &server().url("dash/manifest.mpd"), "bv+ba").await;
-    assert_complete(&t, &sc, "ts", "video/mp2t");
+    t.assert_complete(&sc.logs(), "ts", "video/mp2t");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &t.data).unwrap();
     let mut streams = ffprobe_streams(file.path());
@@ -262,7 +233,7 @@ async fn twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving() 
     );
     assert!(saw_ffmpeg.into_inner(), "the merges should have run ffmpeg");
     let t = Client::stream(sc.socket(), &server().url("progressive.mp4"), "b").await;
-    assert_complete(&t, &sc, "mp4", "video/mp4");
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
 }
 
 async fn sidecar_with(opts: SidecarOptions) -> Sidecar {
@@ -303,7 +274,7 @@ async fn a_full_queue_answers_busy_at_once() {
     );
     drop(a);
     let served = waiting.await.unwrap();
-    assert_complete(&served, &sc, "mp4", "video/mp4");
+    served.assert_complete(&sc.logs(), "mp4", "video/mp4");
 }
 
 async fn collect(socket: std::path::PathBuf, url: String) -> Transcript {
@@ -323,45 +294,6 @@ async fn a_stalled_download_ends_with_timeout() {
     assert!(t.metadata_first() && t.data.len() <= streamgate_tests::http::STALL_AFTER);
     assert!(started.elapsed() < Duration::from_secs(60));
     assert!(wait_until(Duration::from_secs(2), || sc.job_processes().is_empty()).await);
-}
-
-/// Raw bytes to a live sidecar, optionally after a proper handshake; returns its replies.
-async fn send_raw(sc: &Sidecar, bytes: &[u8], handshake: bool) -> Vec<Frame> {
-    use futures::{SinkExt, StreamExt};
-    use tokio::io::AsyncWriteExt;
-    let stream = tokio::net::UnixStream::connect(sc.socket()).await.unwrap();
-    let mut conn = streamgate_protocol::connection(stream);
-    if handshake {
-        streamgate_protocol::client_handshake(&mut conn, "hostile")
-            .await
-            .unwrap();
-    }
-    let _ = conn.get_mut().write_all(bytes).await;
-    let _ = conn.get_mut().shutdown().await; // what was sent is all there is
-    let _ = conn.flush().await;
-    let mut replies = Vec::new();
-    let read = async {
-        while let Some(Ok(frame)) = conn.next().await {
-            replies.push(frame);
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("the sidecar must close");
-    replies
-}
-
-/// A deterministic byte soup (xorshift), so a failure can be replayed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -405,7 +337,7 @@ async fn hostile_bytes_get_a_protocol_error_and_no_big_allocation() {
             if handshake && name.starts_with("hello") {
                 continue;
             }
-            let replies = send_raw(&sc, bytes, handshake).await;
+            let replies = send_raw(sc.socket(), bytes, handshake).await;
             let what = format!("{name} (after handshake: {handshake}): {replies:?}");
             let last = replies
                 .last()
@@ -465,7 +397,7 @@ async fn no_media_byte_touches_disk() {
         tokio::time::timeout(SLOW, client.collect_until(&mut t, |_| false))
             .await
             .unwrap();
-        assert_complete(&t, &sc, ext, mime);
+        t.assert_complete(&sc.logs(), ext, mime);
         eprintln!("{path} -f {format}: {} bytes as {mime}", t.data.len());
     }
     let t = Client::resolve(sc.socket(), &s.url("hls/index.m3u8")).await;

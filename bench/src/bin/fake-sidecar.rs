@@ -1,6 +1,6 @@
 //! A stand-in for `streamgate-sidecar` that measures the relay alone: it speaks
 //! docs/protocol.md (through `streamgate-protocol`) and answers every `stream` job with
-//! `metadata` and N MiB of `data` frames, written as fast as the socket drains, then `end`.
+//! `metadata` and N MiB of `data` frames (256 KiB each unless `--frame-kib` says otherwise), written as fast as the socket drains, then `end`.
 //! No yt-dlp, no network: the only costs left are the gateway's and the client's.
 //!
 //!     streamgate-bench-fake-sidecar --socket PATH [--mib N]
@@ -32,6 +32,10 @@ struct Args {
     /// MiB of data per stream job, unless the job's URL says `mib=N`.
     #[arg(long, default_value_t = 1024)]
     mib: u64,
+    /// Data payload per frame, in KiB (the protocol's maximum, 256, is what the real
+    /// sidecar sends at full speed). Must divide 1024.
+    #[arg(long, default_value_t = 256)]
+    frame_kib: usize,
     /// Ignored (accepted for command-line compatibility with the real sidecar).
     #[arg(long)]
     max_jobs: Option<usize>,
@@ -40,8 +44,8 @@ struct Args {
     yt_dlp: Option<PathBuf>,
 }
 
-/// Frames per pre-encoded block: 16 × 256 KiB = 4 MiB per `write_all`.
-const FRAMES_PER_BLOCK: u64 = 16;
+/// Bytes per pre-encoded block handed to one `write_all`.
+const BLOCK: usize = 4 * 1024 * 1024;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
@@ -51,27 +55,35 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", args.socket.display()))?;
 
     // One data frame and one block of frames, encoded once with the protocol's own codec.
-    let payload = Bytes::from(vec![0x47u8; MAX_DATA_LEN]);
+    anyhow::ensure!(
+        args.frame_kib > 0 && args.frame_kib * 1024 <= MAX_DATA_LEN && 1024 % args.frame_kib == 0,
+        "--frame-kib must divide 1024 and be at most {}",
+        MAX_DATA_LEN / 1024
+    );
+    let frame_len = args.frame_kib * 1024;
+    let frames_per_block = (BLOCK / frame_len) as u64;
+    let payload = Bytes::from(vec![0x47u8; frame_len]);
     let mut codec = FrameCodec::new();
     let mut one = BytesMut::new();
     codec.encode(Frame::Data(payload.clone()), &mut one)?;
     let one = one.freeze();
-    let mut block = BytesMut::with_capacity(one.len() * FRAMES_PER_BLOCK as usize);
-    for _ in 0..FRAMES_PER_BLOCK {
+    let mut block = BytesMut::with_capacity(one.len() * frames_per_block as usize);
+    for _ in 0..frames_per_block {
         block.extend_from_slice(&one);
     }
     let block = block.freeze();
     eprintln!(
-        "fake-sidecar: listening on {} ({} MiB per job)",
+        "fake-sidecar: listening on {} ({} MiB per job, {} KiB frames)",
         args.socket.display(),
-        args.mib
+        args.mib,
+        args.frame_kib
     );
 
     loop {
         let (sock, _) = listener.accept().await?;
         let (one, block, mib) = (one.clone(), block.clone(), args.mib);
         tokio::spawn(async move {
-            if let Err(e) = serve(sock, one, block, mib).await {
+            if let Err(e) = serve(sock, one, block, frames_per_block, frame_len, mib).await {
                 eprintln!("fake-sidecar: connection ended: {e:#}");
             }
         });
@@ -85,7 +97,14 @@ fn mib_from_url(url: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-async fn serve(sock: UnixStream, one: Bytes, block: Bytes, default_mib: u64) -> anyhow::Result<()> {
+async fn serve(
+    sock: UnixStream,
+    one: Bytes,
+    block: Bytes,
+    frames_per_block: u64,
+    frame_len: usize,
+    default_mib: u64,
+) -> anyhow::Result<()> {
     let mut conn = connection(sock);
     server_handshake(
         &mut conn,
@@ -110,11 +129,11 @@ async fn serve(sock: UnixStream, one: Bytes, block: Bytes, default_mib: u64) -> 
             .await?;
             // From here on, raw pre-encoded frames straight onto the socket.
             let mut io = conn.into_inner();
-            let frames = total / MAX_DATA_LEN as u64;
-            for _ in 0..frames / FRAMES_PER_BLOCK {
+            let frames = total / frame_len as u64;
+            for _ in 0..frames / frames_per_block {
                 io.write_all(&block).await?;
             }
-            for _ in 0..frames % FRAMES_PER_BLOCK {
+            for _ in 0..frames % frames_per_block {
                 io.write_all(&one).await?;
             }
             let mut conn = connection(io);

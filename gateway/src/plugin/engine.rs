@@ -42,8 +42,11 @@ struct EngineInner {
     deadline_ticks: u64,
     /// Linked components by content: many tenants load the same built-in plugin, and each
     /// distinct component is compiled only once.
-    compiled: Mutex<HashMap<u64, Vec<(Arc<[u8]>, InstancePre<HostState>)>>>,
+    compiled: Mutex<HashMap<u64, Vec<Compiled>>>,
 }
+
+/// A component's bytes and its linked, pre-instantiated form.
+type Compiled = (Arc<[u8]>, InstancePre<HostState>);
 
 impl PluginEngine {
     /// Sets up wasmtime (component model, epoch interruption, pooling allocator sized from
