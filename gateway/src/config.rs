@@ -55,7 +55,7 @@ pub struct Config {
 }
 
 /// Where the sidecar is: a socket to connect to, or a process the gateway runs itself.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SidecarConfig {
     /// Connect to an already-running sidecar at this socket; nothing is spawned.
@@ -111,6 +111,21 @@ pub struct PluginConfig {
     pub config: BTreeMap<String, String>,
 }
 
+impl Default for SidecarConfig {
+    /// What a file without `[sidecar]` gets: a spawned sidecar with its own defaults.
+    fn default() -> Self {
+        SidecarConfig {
+            connect: None,
+            binary: None,
+            socket: None,
+            yt_dlp: None,
+            max_jobs: None,
+            args: Vec::new(),
+            metadata_timeout_secs: default_metadata_secs(),
+        }
+    }
+}
+
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 8080))
 }
@@ -152,10 +167,7 @@ impl Config {
         Ok(Config {
             listen: default_listen(),
             drain_secs: default_drain_secs(),
-            sidecar: SidecarConfig {
-                metadata_timeout_secs: default_metadata_secs(),
-                ..SidecarConfig::default()
-            },
+            sidecar: SidecarConfig::default(),
             default_tenant: Some(DEFAULT_TENANT.to_owned()),
             tenants: vec![TenantConfig {
                 id: DEFAULT_TENANT.to_owned(),
@@ -192,6 +204,9 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.sidecar.metadata_timeout_secs == 0 {
+            return invalid("sidecar.metadata_timeout_secs must be at least 1".into());
         }
         if let Some(d) = &self.default_tenant
             && !ids.contains(d.as_str())
@@ -243,6 +258,10 @@ mod tests {
         assert_eq!(c.tenants.len(), 2);
         assert_eq!(c.tenants[1].default_ttl_secs, 24 * 3600);
         assert!(c.sidecar.connect.is_some());
+        assert_eq!(c.sidecar.metadata_timeout_secs, 120);
+        let bare = TWO_TENANTS.replace("[sidecar]\n        connect = \"/run/streamgate/sidecar.sock\"", "");
+        let c: Config = toml::from_str(&bare).unwrap();
+        assert_eq!(c.sidecar.metadata_timeout_secs, 120, "defaults without [sidecar] too");
     }
 
     #[test]

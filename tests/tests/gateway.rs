@@ -2,13 +2,12 @@
 //! sidecar), the venv's yt-dlp, fixtures from `tests/fixtures/make-media` on 127.0.0.1,
 //! and real clients (curl, reqwest, a raw TCP reader).
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
-use streamgate_tests::gateway::{CurlResult, Gateway, GatewayOptions, curl, mint};
+use streamgate_tests::gateway::*;
 use streamgate_tests::*;
 
 fn server() -> &'static FixtureServer {
@@ -27,37 +26,6 @@ fn large_url() -> String {
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
-
-/// The headers every media response carries, for the container actually sent.
-fn assert_media_headers(get: &CurlResult, mime: &str, ext: &str) {
-    assert_eq!(get.header("content-type"), Some(mime), "{:?}", get.headers);
-    let cd = get.header("content-disposition").unwrap_or_default();
-    assert!(
-        cd.starts_with("attachment; filename=\"") && cd.contains(&format!(".{ext}\"")),
-        "{cd}"
-    );
-    assert_eq!(get.header("x-content-type-options"), Some("nosniff"));
-    assert_eq!(get.header("cache-control"), Some("no-store"));
-    assert_eq!(get.header("x-request-id").map(str::len), Some(16));
-    if let Some(len) = get.header("content-length") {
-        assert_eq!(
-            len.parse::<usize>().unwrap(),
-            get.body.len(),
-            "exact Content-Length"
-        );
-    }
-}
-
-/// Headers that must be identical between GET and HEAD: all but per-response ones and
-/// `transfer-encoding`, which frames a body HEAD does not have (RFC 9110 §9.3.2).
-fn stable_headers(r: &CurlResult) -> BTreeMap<String, String> {
-    let per_response = ["date", "x-request-id", "transfer-encoding"];
-    r.headers
-        .iter()
-        .filter(|(k, _)| !per_response.contains(&k.as_str()))
-        .cloned()
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -160,37 +128,6 @@ async fn the_download_name_is_sanitised_and_follows_the_container() {
     );
 }
 
-/// The problem+json answer of an early failure, with no media in it.
-fn assert_problem(r: &CurlResult, status: u16, code: &str, what: &str) {
-    assert_eq!((r.exit, r.status), (0, status), "{what}: {r:?}");
-    assert_eq!(
-        r.header("content-type"),
-        Some("application/problem+json"),
-        "{what}"
-    );
-    assert!(r.body.len() < 2048, "{what}: a short problem, no media");
-    let p: serde_json::Value = serde_json::from_slice(&r.body).expect("problem JSON");
-    assert_eq!(p["status"], status, "{what}: {p}");
-    assert_eq!(p["code"], code, "{what}: {p}");
-    assert_eq!(p["type"], format!("urn:streamgate:problem:{code}"));
-    assert!(
-        p["title"].is_string() && p["detail"].is_string(),
-        "{what}: {p}"
-    );
-    assert_eq!(
-        r.header("x-request-id"),
-        p["request_id"].as_str(),
-        "{what}: {p}"
-    );
-}
-
-/// Accepts connections and never answers: extraction can only time out.
-fn silent_server() -> (std::net::TcpListener, String) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/video.mp4", listener.local_addr().unwrap());
-    (listener, url)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn early_failures_are_problems_with_their_status() {
     let opts = GatewayOptions {
@@ -256,25 +193,6 @@ async fn early_failures_are_problems_with_their_status() {
     assert_problem(&post.await, 405, "method_not_allowed", "POST");
 }
 
-/// A token that expired an hour ago, sealed with the gateway's own key by the real plugin.
-async fn seal_expired(gw: &Gateway, url: &str) -> String {
-    use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest};
-    let config = streamgate::config::Config::embedded(gw.state_dir(), true).unwrap();
-    let engine = PluginEngine::new(EngineSettings::default()).unwrap();
-    let tenants = streamgate::tenant::Tenants::build(&engine, &config).unwrap();
-    let tenant = tenants.default_tenant();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let req = StreamRequest {
-        url: url.to_owned(),
-        format: "b".into(),
-        filename: None,
-        expires_at: Some(now.as_secs() - 3600),
-    };
-    tenant.token.seal(&tenant.id, &req).await.unwrap().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_sidecar_answers_busy_with_retry_after() {
     let opts = GatewayOptions {
@@ -291,37 +209,6 @@ async fn a_full_sidecar_answers_busy_with_retry_after() {
     let refused = blocking(move || curl(&[], &link)).await;
     assert_problem(&refused, 503, "busy", "second job");
     assert_eq!(refused.header("retry-after"), Some("2"));
-}
-
-/// A config file with three tenants: `main` (default), `other` (same key: its tokens must
-/// still not open there) and `broken` (the test-misbehave token plugin).
-fn three_tenants(dir: &std::path::Path) -> std::path::PathBuf {
-    let key = streamgate::plugin::builtin::xchacha_generate_key();
-    let misbehave = streamgate::plugin::builtin::test_misbehave_path();
-    let policy =
-        r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#;
-    let text = format!(
-        r#"
-[[tenant]]
-id = "main"
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {policy}
-[[tenant]]
-id = "other"
-hosts = ["other.test"]
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {policy}
-[[tenant]]
-id = "broken"
-hosts = ["broken.test"]
-token = {{ wasm = "{}" }}
-policy = {policy}
-"#,
-        misbehave.display()
-    );
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
 }
 
 #[tokio::test(flavor = "multi_thread")]

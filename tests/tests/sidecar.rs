@@ -190,7 +190,7 @@ async fn twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving() 
         queue: Some(32),
         ..Default::default()
     };
-    let sc = sidecar_with(opts).await;
+    let sc = Sidecar::start(opts).await;
     let saw_ffmpeg = std::sync::atomic::AtomicBool::new(false);
     let jobs = (0..20).map(|i| {
         let (sc, saw_ffmpeg) = (&sc, &saw_ffmpeg);
@@ -236,10 +236,6 @@ async fn twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving() 
     t.assert_complete(&sc.logs(), "mp4", "video/mp4");
 }
 
-async fn sidecar_with(opts: SidecarOptions) -> Sidecar {
-    Sidecar::start(opts).await
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_queue_answers_busy_at_once() {
     let opts = SidecarOptions {
@@ -247,7 +243,7 @@ async fn a_full_queue_answers_busy_at_once() {
         queue: Some(1),
         ..Default::default()
     };
-    let sc = sidecar_with(opts).await;
+    let sc = Sidecar::start(opts).await;
     // A holds the only slot: it stops reading, so backpressure keeps its yt-dlp alive.
     let mut a = Client::connect(sc.socket()).await.unwrap();
     a.start_stream(&server().url("progressive.mp4"), "b")
@@ -287,7 +283,7 @@ async fn a_stalled_download_ends_with_timeout() {
         stall_timeout: Some(2.0),
         ..Default::default()
     };
-    let sc = sidecar_with(opts).await;
+    let sc = Sidecar::start(opts).await;
     let started = Instant::now();
     let t = Client::stream(sc.socket(), &server().url("stall/progressive.mp4"), "b").await;
     assert_eq!(t.error_code(), "timeout", "{:?}\n{}", t.error, sc.logs());
@@ -420,7 +416,7 @@ async fn sigterm_stops_accepting_then_kills_after_the_drain_deadline() {
         drain_timeout: Some(2.0),
         ..Default::default()
     };
-    let mut sc = sidecar_with(opts).await;
+    let mut sc = Sidecar::start(opts).await;
     let mut client = merge_in_flight(&sc).await;
     let group: Vec<i32> = sc.job_processes().iter().map(|p| p.pgid).collect();
     let signalled = Instant::now();
@@ -449,6 +445,10 @@ async fn sigterm_stops_accepting_then_kills_after_the_drain_deadline() {
         took >= Duration::from_secs(2),
         "killed before the deadline: {took:?}"
     );
+    assert!(
+        took < Duration::from_secs(8),
+        "the deadline was not enforced: {took:?}"
+    );
     let t = client.collect(Duration::from_secs(30)).await;
     assert!(t.end.is_none(), "the job cannot have finished: {t:?}");
     let orphans: Vec<_> = group
@@ -470,7 +470,7 @@ async fn the_socket_is_private_single_and_replaces_a_stale_file() {
         socket: Some(path.clone()),
         ..Default::default()
     };
-    let sc = sidecar_with(opts).await;
+    let sc = Sidecar::start(opts).await;
     let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
     let second = std::process::Command::new(release_bin("streamgate-sidecar"))
