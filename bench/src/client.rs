@@ -48,7 +48,9 @@ fn authority(uri: &Uri) -> anyhow::Result<String> {
 }
 
 async fn connect(uri: &Uri) -> anyhow::Result<SendRequest<Full<Bytes>>> {
-    let stream = TcpStream::connect(authority(uri)?).await.context("connect")?;
+    let stream = TcpStream::connect(authority(uri)?)
+        .await
+        .context("connect")?;
     stream.set_nodelay(true)?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(async move {
@@ -147,15 +149,25 @@ pub async fn read_some(
 }
 
 /// POST a JSON body, read the whole answer: (status, elapsed, body).
-pub async fn post_json(url: &str, json: String, timeout: Duration) -> anyhow::Result<(u16, Duration, String)> {
+pub async fn post_json(
+    url: &str,
+    json: String,
+    timeout: Duration,
+) -> anyhow::Result<(u16, Duration, String)> {
     let start = Instant::now();
     tokio::time::timeout(timeout, async {
         let uri: Uri = url.parse()?;
         let mut sender = connect(&uri).await?;
-        let resp = sender.send_request(request("POST", &uri, Some(json))?).await?;
+        let resp = sender
+            .send_request(request("POST", &uri, Some(json))?)
+            .await?;
         let status = resp.status().as_u16();
         let body = resp.into_body().collect().await?.to_bytes();
-        Ok((status, start.elapsed(), String::from_utf8_lossy(&body).into_owned()))
+        Ok((
+            status,
+            start.elapsed(),
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
     })
     .await
     .map_err(|_| anyhow!("timeout after {timeout:?}"))?
@@ -188,12 +200,7 @@ impl KeepAlive {
             self.sender = Some(connect(&self.uri).await?);
             self.reconnects += 1;
         }
-        let uri: Uri = format!(
-            "http://{}{}",
-            authority(&self.uri)?,
-            path_and_query
-        )
-        .parse()?;
+        let uri: Uri = format!("http://{}{}", authority(&self.uri)?, path_and_query).parse()?;
         let req = request("GET", &uri, None)?;
         let sender = self.sender.as_mut().expect("connected above");
         let start = Instant::now();
@@ -219,7 +226,11 @@ impl KeepAlive {
 }
 
 /// Runs `cmd` (a `yt-dlp -o -` command line) and reads its stdout like a body.
-pub async fn run_stdout(mut cmd: tokio::process::Command, limit: Option<u64>, timeout: Duration) -> Outcome {
+pub async fn run_stdout(
+    mut cmd: tokio::process::Command,
+    limit: Option<u64>,
+    timeout: Duration,
+) -> Outcome {
     let start = Instant::now();
     let mut out = Outcome::default();
     cmd.stdout(std::process::Stdio::piped())
@@ -252,7 +263,11 @@ pub async fn run_stdout(mut cmd: tokio::process::Command, limit: Option<u64>, ti
         }
         let status = child.wait().await?;
         let stderr = err_task.await.unwrap_or_default();
-        out.status = if status.success() || limit.is_some() { 200 } else { 599 };
+        out.status = if status.success() || limit.is_some() {
+            200
+        } else {
+            599
+        };
         if out.status != 200 {
             out.error = Some(format!("yt-dlp {status}: {}", stderr.trim()));
         }

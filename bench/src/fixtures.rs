@@ -28,7 +28,10 @@ pub fn ensure(repo: &Path, root: &Path, secs: u32) -> anyhow::Result<Fixture> {
     let project_gen = repo.join("tests/fixtures/make-media");
     let generator;
     if stamp.exists() && out.exists() {
-        generator = std::fs::read_to_string(&stamp).unwrap_or_default().trim().to_string();
+        generator = std::fs::read_to_string(&stamp)
+            .unwrap_or_default()
+            .trim()
+            .to_string();
     } else {
         std::fs::create_dir_all(&dir)?;
         eprintln!("bench: generating a {secs} s fixture in {}", dir.display());
@@ -39,7 +42,11 @@ pub fn ensure(repo: &Path, root: &Path, secs: u32) -> anyhow::Result<Fixture> {
                 .status()
                 .with_context(|| format!("running {}", project_gen.display()))?;
             if !st.success() || !out.exists() {
-                bail!("{} {} {secs} failed ({st})", project_gen.display(), dir.display());
+                bail!(
+                    "{} {} {secs} failed ({st})",
+                    project_gen.display(),
+                    dir.display()
+                );
             }
             generator = "tests/fixtures/make-media".to_string();
         } else {
@@ -49,18 +56,28 @@ pub fn ensure(repo: &Path, root: &Path, secs: u32) -> anyhow::Result<Fixture> {
                 .args(["-f", "lavfi", "-i"])
                 .arg(format!("testsrc2=size=1280x720:rate=30:duration={secs_s}"))
                 .args(["-f", "lavfi", "-i"])
-                .arg(format!("sine=frequency=440:sample_rate=48000:duration={secs_s}"))
+                .arg(format!(
+                    "sine=frequency=440:sample_rate=48000:duration={secs_s}"
+                ))
                 .args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "60"])
                 .args(["-pix_fmt", "yuv420p", "-b:v", "4M", "-bitexact"])
                 .args(["-c:a", "aac", "-b:a", "128k", "-bitexact"])
-                .args(["-map_metadata", "-1", "-movflags", "+faststart", "-fflags", "+bitexact"])
+                .args([
+                    "-map_metadata",
+                    "-1",
+                    "-movflags",
+                    "+faststart",
+                    "-fflags",
+                    "+bitexact",
+                ])
                 .arg(&out)
                 .status()
                 .context("running ffmpeg (apt-get install -y ffmpeg)")?;
             if !st.success() {
                 bail!("ffmpeg failed ({st})");
             }
-            generator = "bench's ffmpeg call (make-media.sh recipe, progressive.mp4 only)".to_string();
+            generator =
+                "bench's ffmpeg call (make-media.sh recipe, progressive.mp4 only)".to_string();
         }
         std::fs::write(&stamp, &generator)?;
     }
@@ -96,7 +113,10 @@ pub fn serve(root: PathBuf) -> anyhow::Result<SocketAddr> {
                 .expect("fixture runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
-                warp::serve(warp::fs::dir(root)).incoming(listener).run().await;
+                warp::serve(warp::fs::dir(root))
+                    .incoming(listener)
+                    .run()
+                    .await;
             });
         })?;
     Ok(addr)

@@ -41,7 +41,11 @@ pub struct Args {
     #[arg(long, default_value = "target/release/streamgate-bench-fake-sidecar")]
     pub fake_sidecar: PathBuf,
     /// Sections to run, comma-separated: ttfb,throughput,concurrency,memory,relay,plugin.
-    #[arg(long, value_delimiter = ',', default_value = "ttfb,throughput,concurrency,memory,relay,plugin")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ttfb,throughput,concurrency,memory,relay,plugin"
+    )]
     pub sections: Vec<String>,
     /// Systems to run, comma-separated: gateway,peer,direct.
     #[arg(long, value_delimiter = ',', default_value = "gateway,peer,direct")]
@@ -141,10 +145,16 @@ impl Ctx {
         self.notes.lock().unwrap().push(s);
     }
     pub fn small_url(&self, query: &str) -> String {
-        format!("{}/{}s/progressive.mp4?{query}-{}", self.fixture_base, self.small.secs, self.run_id)
+        format!(
+            "{}/{}s/progressive.mp4?{query}-{}",
+            self.fixture_base, self.small.secs, self.run_id
+        )
     }
     pub fn big_url(&self, query: &str) -> String {
-        format!("{}/{}s/progressive.mp4?{query}-{}", self.fixture_base, self.big.secs, self.run_id)
+        format!(
+            "{}/{}s/progressive.mp4?{query}-{}",
+            self.fixture_base, self.big.secs, self.run_id
+        )
     }
 }
 
@@ -161,7 +171,12 @@ async fn run() -> anyhow::Result<()> {
     args.apply_quick();
     // Absolute paths: the peer runs in its own folder, and a relative program path with a
     // slash would be looked up from there.
-    for p in [&mut args.peer_python, &mut args.yt_dlp, &mut args.gateway, &mut args.fake_sidecar] {
+    for p in [
+        &mut args.peer_python,
+        &mut args.yt_dlp,
+        &mut args.gateway,
+        &mut args.fake_sidecar,
+    ] {
         *p = std::path::absolute(&*p)?;
     }
     let t0 = Instant::now();
@@ -198,11 +213,25 @@ async fn run() -> anyhow::Result<()> {
         let state = work.join("gateway-state");
         let _ = std::fs::remove_dir_all(&state);
         if !args.gateway.exists() {
-            notes.push(format!("gateway skipped: {} does not exist", args.gateway.display()));
+            notes.push(format!(
+                "gateway skipped: {} does not exist",
+                args.gateway.display()
+            ));
         } else {
-            match Gateway::start(&args.gateway, &state, None, &args.gateway_args, &work.join("logs/gateway.log")).await {
+            match Gateway::start(
+                &args.gateway,
+                &state,
+                None,
+                &args.gateway_args,
+                &work.join("logs/gateway.log"),
+            )
+            .await
+            {
                 Ok(g) => {
-                    eprintln!("bench: gateway up on {} (ready after {:?})", g.base, g.ready_after);
+                    eprintln!(
+                        "bench: gateway up on {} (ready after {:?})",
+                        g.base, g.ready_after
+                    );
                     gateway = Some(g)
                 }
                 Err(e) => notes.push(format!("gateway skipped: could not start: {e:#}")),
@@ -239,7 +268,10 @@ async fn run() -> anyhow::Result<()> {
                 yt_dlp: args.yt_dlp.clone(),
             })
         } else {
-            notes.push(format!("direct skipped: {} does not exist", args.yt_dlp.display()));
+            notes.push(format!(
+                "direct skipped: {} does not exist",
+                args.yt_dlp.display()
+            ));
             None
         }
     } else {
@@ -271,9 +303,16 @@ async fn run() -> anyhow::Result<()> {
         let url = ctx.small_url("warmup");
         match ctx.systems.prepare(k, &url).await {
             Ok(p) => {
-                let o = ctx.systems.fetch(k, &p, None, Duration::from_secs(120)).await;
+                let o = ctx
+                    .systems
+                    .fetch(k, &p, None, Duration::from_secs(120))
+                    .await;
                 if !o.ok(Some(ctx.small.size)) {
-                    ctx.note(format!("{} warm-up request failed: {}", k.name(), o.describe_failure(Some(ctx.small.size))));
+                    ctx.note(format!(
+                        "{} warm-up request failed: {}",
+                        k.name(),
+                        o.describe_failure(Some(ctx.small.size))
+                    ));
                 }
             }
             Err(e) => ctx.note(format!("{} warm-up: {e:#}", k.name())),
@@ -281,22 +320,34 @@ async fn run() -> anyhow::Result<()> {
     }
     let sections_started = Instant::now();
     if args.has("ttfb") {
-        sections::ttfb(&ctx, &mut res).await.context("first-byte section")?;
+        sections::ttfb(&ctx, &mut res)
+            .await
+            .context("first-byte section")?;
     }
     if args.has("throughput") {
-        sections::throughput(&ctx, &mut res).await.context("throughput section")?;
+        sections::throughput(&ctx, &mut res)
+            .await
+            .context("throughput section")?;
     }
     if args.has("concurrency") {
-        sections::concurrency(&ctx, &mut res).await.context("concurrency section")?;
+        sections::concurrency(&ctx, &mut res)
+            .await
+            .context("concurrency section")?;
     }
     if args.has("memory") {
-        sections::memory(&ctx, &mut res).await.context("memory section")?;
+        sections::memory(&ctx, &mut res)
+            .await
+            .context("memory section")?;
     }
     if args.has("plugin") {
-        sections::plugin(&ctx, &mut res).await.context("plugin section")?;
+        sections::plugin(&ctx, &mut res)
+            .await
+            .context("plugin section")?;
     }
     // Stop the real gateway before the relay row so it runs with the machine to itself.
-    let systems = Arc::try_unwrap(ctx.systems).ok().context("systems still shared")?;
+    let systems = Arc::try_unwrap(ctx.systems)
+        .ok()
+        .context("systems still shared")?;
     let gateway_log = systems.gateway.as_ref().map(|g| g.log.clone());
     if let Some(g) = systems.gateway {
         g.shutdown().await;
@@ -313,7 +364,9 @@ async fn run() -> anyhow::Result<()> {
         ..ctx
     };
     if args.has("relay") {
-        sections::relay(&ctx, &mut res).await.context("relay section")?;
+        sections::relay(&ctx, &mut res)
+            .await
+            .context("relay section")?;
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 

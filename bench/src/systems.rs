@@ -42,11 +42,18 @@ pub fn qenc(s: &str) -> String {
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Waits until `GET base+path` answers 200.
-pub async fn wait_ready(base: &str, path: &str, within: Duration, child: &mut Child) -> anyhow::Result<Duration> {
+pub async fn wait_ready(
+    base: &str,
+    path: &str,
+    within: Duration,
+    child: &mut Child,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     loop {
         if let Some(st) = child.try_wait()? {
@@ -57,7 +64,11 @@ pub async fn wait_ready(base: &str, path: &str, within: Duration, child: &mut Ch
             return Ok(start.elapsed());
         }
         if start.elapsed() > within {
-            bail!("{base}{path} not ready after {within:?} (last: status {} {:?})", o.status, o.error);
+            bail!(
+                "{base}{path} not ready after {within:?} (last: status {} {:?})",
+                o.status,
+                o.error
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -69,7 +80,10 @@ async fn stop(child: &mut Child) {
         unsafe {
             libc::kill(pid as i32, libc::SIGTERM);
         }
-        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
             let _ = child.kill().await;
         }
     }
@@ -102,7 +116,8 @@ impl Gateway {
         let port = free_port()?;
         let logf = std::fs::File::create(log)?;
         let mut cmd = Command::new(bin);
-        cmd.arg("serve").arg("--listen")
+        cmd.arg("serve")
+            .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--state-dir")
             .arg(state_dir);
@@ -115,7 +130,9 @@ impl Gateway {
             .stdout(logf.try_clone()?)
             .stderr(logf)
             .kill_on_drop(true);
-        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
         let base = format!("http://127.0.0.1:{port}");
         let ready_after = wait_ready(&base, "/readyz", Duration::from_secs(90), &mut child)
             .await
@@ -146,7 +163,10 @@ impl Gateway {
         };
         let out = cmd.stdin(Stdio::null()).output().await?;
         if !out.status.success() {
-            bail!("streamgate mint failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "streamgate mint failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         let tok = String::from_utf8(out.stdout)?.trim().to_string();
         // Tolerate a mint that prints a whole link rather than the bare token.
@@ -251,7 +271,10 @@ impl Peer {
             .output()
             .await?;
         if !out.status.success() {
-            bail!("peer mint.py failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "peer mint.py failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_string())
     }
@@ -272,7 +295,16 @@ pub struct Direct {
 impl Direct {
     pub fn command(&self, url: &str) -> Command {
         let mut c = Command::new(&self.yt_dlp);
-        c.args(["-q", "--no-warnings", "--no-progress", "-f", "best", "-o", "-", url]);
+        c.args([
+            "-q",
+            "--no-warnings",
+            "--no-progress",
+            "-f",
+            "best",
+            "-o",
+            "-",
+            url,
+        ]);
         c
     }
 }
@@ -315,7 +347,13 @@ impl Systems {
         }
     }
 
-    pub async fn fetch(&self, kind: Kind, prepared: &str, limit: Option<u64>, timeout: Duration) -> Outcome {
+    pub async fn fetch(
+        &self,
+        kind: Kind,
+        prepared: &str,
+        limit: Option<u64>,
+        timeout: Duration,
+    ) -> Outcome {
         match kind {
             Kind::Gateway | Kind::Peer => client::get(prepared, limit, timeout).await,
             Kind::Direct => {

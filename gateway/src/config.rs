@@ -259,9 +259,15 @@ mod tests {
         assert_eq!(c.tenants[1].default_ttl_secs, 24 * 3600);
         assert!(c.sidecar.connect.is_some());
         assert_eq!(c.sidecar.metadata_timeout_secs, 120);
-        let bare = TWO_TENANTS.replace("[sidecar]\n        connect = \"/run/streamgate/sidecar.sock\"", "");
+        let bare = TWO_TENANTS.replace(
+            "[sidecar]\n        connect = \"/run/streamgate/sidecar.sock\"",
+            "",
+        );
         let c: Config = toml::from_str(&bare).unwrap();
-        assert_eq!(c.sidecar.metadata_timeout_secs, 120, "defaults without [sidecar] too");
+        assert_eq!(
+            c.sidecar.metadata_timeout_secs, 120,
+            "defaults without [sidecar] too"
+        );
     }
 
     #[test]

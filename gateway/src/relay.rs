@@ -113,6 +113,7 @@ impl Stream for MediaBody {
             .get_mut()
             .expect("never poisoned: no panics while held");
         if aborted.as_mut().poll(cx).is_ready() {
+            send_cancel(&this.conn);
             return this.fail(RelayError::ShuttingDown);
         }
         let frame = ready!(Pin::new(&mut this.conn).poll_next(cx));

@@ -131,7 +131,7 @@ async fn the_download_name_is_sanitised_and_follows_the_container() {
 #[tokio::test(flavor = "multi_thread")]
 async fn early_failures_are_problems_with_their_status() {
     let opts = GatewayOptions {
-        sidecar_args: vec!["--stall-timeout=3".into()],
+        sidecar_args: vec!["--stall-timeout=15".into()],
         ..GatewayOptions::default()
     };
     let gw = Gateway::start(opts).await;
@@ -448,4 +448,47 @@ async fn the_readme_quick_start_works() {
         want,
         "curl -OJ saved the file under its name"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_until_the_deadline_then_stops_everything() {
+    let opts = GatewayOptions {
+        drain_secs: Some(2),
+        ..GatewayOptions::default()
+    };
+    let mut gw = Gateway::start(opts).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("partial.mp4");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--limit-rate", "1M", "-o"]).arg(&out);
+    cmd.arg(gw.stream_url(&gw.mint(&large_url(), "b")));
+    let mut transfer = ChildGuard::spawn(cmd, "curl").unwrap();
+    assert!(wait_for_size(&out, 1 << 20).await, "{}", gw.logs());
+    let sidecar = gw.sidecar_pid().expect("a sidecar");
+    let jobs = gw.ytdlp_processes();
+    assert!(!jobs.is_empty());
+
+    let started = Instant::now();
+    gw.child().signal(nix::sys::signal::SIGTERM);
+    let status = gw
+        .child()
+        .wait_timeout(SLOW)
+        .await
+        .expect("the gateway exits");
+    let took = started.elapsed();
+    assert!(status.success(), "{status}\n{}", gw.logs());
+    assert!(
+        took >= Duration::from_secs(2),
+        "streams get the drain deadline: {took:?}"
+    );
+    let curl_status = transfer.wait_timeout(SLOW).await.expect("curl ends");
+    assert!(
+        !curl_status.success(),
+        "a stream cut at the deadline is incomplete"
+    );
+    let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    let mut pids: Vec<i32> = jobs.iter().map(|p| p.pid).collect();
+    pids.push(sidecar as i32);
+    assert!(wait_until(Duration::from_secs(2), || !pids.iter().any(|p| alive(*p))).await);
+    eprintln!("SIGTERM → exit in {took:?}; curl {curl_status}; sidecar and jobs gone");
 }

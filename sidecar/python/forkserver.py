@@ -1,0 +1,192 @@
+# The sidecar's warm yt-dlp pool (embedded in the binary, run as `python -c`, never on disk).
+#
+# Imports yt_dlp and does every job-independent thing once (extractor list and regexes,
+# option parser, TLS context, ffmpeg detection), then keeps IDLE pre-forked workers blocked
+# on the job socket (fd 3, SOCK_SEQPACKET, shared: each job message reaches one worker).
+# Workers are double-forked, so their parent is the sidecar (a child subreaper): it sees
+# their real exit status and reaps them. A worker that takes a job calls setsid (its own
+# process group, killed as one on cancel), dup2s the pipes it got over SCM_RIGHTS onto
+# 1, 2, 3, 4, acks its pid on the job's status socket and runs yt_dlp.main(argv).
+#
+# argv: IDLE FFMPEG_LOCATION ('' for none). cwd and environment are the jobs' own.
+import ctypes
+import fcntl
+import functools
+import gc
+import inspect
+import json
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+
+JOB_FD = 3
+PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+def set_name(name):
+    libc.prctl(PR_SET_NAME, ctypes.c_char_p(name), 0, 0, 0)
+
+
+def patch(yt_dlp):
+    """Job-independent work memoised here runs once in this process, not once per job."""
+    from yt_dlp import YoutubeDL, networking, options
+    from yt_dlp.networking import common
+
+    # Loading the CA store takes ~50 ms and is the same for every job.
+    make = common.make_ssl_context
+    sig = inspect.signature(make)
+
+    @functools.lru_cache(maxsize=8)
+    def cached(key):
+        return make(**dict(key))
+
+    def make_ssl_context(*args, **kwargs):
+        bound = sig.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return cached(tuple(bound.arguments.items()))
+
+    common.make_ssl_context = make_ssl_context
+
+    # Ordering ~1800 extractor names is quadratic (~40 ms per YoutubeDL).
+    original = YoutubeDL.YoutubeDL.add_default_info_extractors
+    chosen = {}
+
+    def add_default_info_extractors(self):
+        key = tuple(self.params.get('allowed_extractors', ['default']))
+        if key not in chosen:
+            probe = type('Probe', (), {})()
+            probe.params, probe.write_debug, seen = self.params, lambda *a, **k: None, []
+            probe.add_info_extractor = seen.append
+            original(probe)
+            chosen[key] = seen
+        for ie in chosen[key]:
+            self.add_info_extractor(YoutubeDL.UnsupportedURLIE() if not isinstance(ie, type) else ie)
+
+    YoutubeDL.YoutubeDL.add_default_info_extractors = add_default_info_extractors
+    return options
+
+
+def warm(yt_dlp, ffmpeg):
+    """Runs everything a job would run before its first request, so children inherit it."""
+    from yt_dlp import YoutubeDL
+    from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
+
+    options = patch(yt_dlp)
+    params = {'quiet': True, 'no_warnings': True, 'simulate': True, 'cachedir': False}
+    if ffmpeg:
+        params['ffmpeg_location'] = ffmpeg
+    with YoutubeDL.YoutubeDL(params) as ydl:
+        FFmpegPostProcessor.get_versions_and_features(ydl)
+        for ie in ydl._ies.values():  # compiles every extractor's URL regex
+            ie.suitable('http://127.0.0.1/warm.mp4')
+        common = sys.modules['yt_dlp.networking.common']
+        common.make_ssl_context()
+        fake = {'id': 'w', 'title': 'w', 'formats': [
+            {'url': 'http://127.0.0.1/w.mp4', 'ext': 'mp4', 'format_id': '0'}]}
+        ydl.process_ie_result(fake, download=False)
+    yt_dlp.parse_options(['-q', '-o', '-', '-f', 'b', '--', 'http://127.0.0.1/w.mp4'])
+    # One pristine parser for all children: each uses it once, in its own copy of memory.
+    parser = options.create_parser()
+    options.create_parser = lambda: parser
+
+
+def run(yt_dlp, argv):
+    sys.argv = ['yt-dlp', *argv]
+    try:
+        yt_dlp.main(argv)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    for f in (sys.stdout, sys.stderr):
+        try:
+            f.flush()
+        except Exception:
+            pass
+    return code
+
+
+def worker(yt_dlp, jobs, notify_w, intermediate, sidecar):
+    while os.getppid() == intermediate:  # until re-parented to the sidecar
+        time.sleep(0.0002)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != sidecar:
+        os._exit(0)
+    set_name(b'sg-idle')
+    try:
+        msg, fds, _, _ = socket.recv_fds(jobs, 1 << 20, 8)
+    except OSError:
+        os._exit(0)
+    if not msg:
+        os._exit(0)
+    got = time.monotonic()
+    os.write(notify_w, b'.')  # the forkserver forks a replacement
+    os.setsid()
+    job = json.loads(msg)
+    status, pipes = fds[0], fds[1:]
+    high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in pipes]
+    for fd in pipes:
+        os.close(fd)
+    jobs.close()
+    os.close(notify_w)
+    for fd, target in zip(high, job['fds']):
+        os.dup2(fd, target)
+        os.close(fd)
+    set_name(b'yt-dlp')
+    try:
+        os.write(status, json.dumps({'pid': os.getpid(), 'got': got}).encode() + b'\n')
+    except OSError:
+        os._exit(1)
+    os._exit(run(yt_dlp, job['argv']))
+
+
+def main():
+    idle, ffmpeg = int(sys.argv[1]), sys.argv[2]
+    set_name(b'sg-forkserver')
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(1)
+    os.dup2(devnull, 1)  # nothing the warm-up prints may reach a job's stdout
+    import yt_dlp
+    warm(yt_dlp, ffmpeg)
+    sys.stdout.flush()
+    os.dup2(saved, 1)
+    os.close(saved)
+    jobs = socket.socket(fileno=JOB_FD)
+    notify_r, notify_w = os.pipe()
+    sidecar = os.getppid()
+    gc.collect()
+    gc.freeze()  # children share these pages instead of copying them on the first GC
+
+    def spawn_idle():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.close(notify_r)
+                if os.fork() == 0:
+                    worker(yt_dlp, jobs, notify_w, os.getppid(), sidecar)
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+
+    for _ in range(idle):
+        spawn_idle()
+    jobs.send(json.dumps({'ready': os.getpid(), 'yt_dlp': yt_dlp.version.__version__}).encode())
+    while True:
+        taken = os.read(notify_r, 64)
+        if not taken:
+            return
+        for _ in taken:
+            spawn_idle()
+
+
+main()
