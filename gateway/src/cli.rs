@@ -27,12 +27,17 @@ pub enum Command {
     Mint(MintArgs),
     /// Print a new token-xchacha key ring entry (`id:base64key`).
     Keygen,
+    /// Validate a config file without serving: syntax, fields, secrets, plugins.
+    CheckConfig {
+        /// The TOML file (docs/config.md).
+        file: PathBuf,
+    },
 }
 
 /// Where the configuration comes from: a file, or the embedded default and its state dir.
 #[derive(Debug, Args)]
 pub struct ConfigSource {
-    /// TOML configuration file (see docs/configuration.md); without it, the embedded default.
+    /// TOML configuration file (see docs/config.md); without it, the embedded default.
     #[arg(long, env = "STREAMGATE_CONFIG")]
     pub config: Option<PathBuf>,
     /// State directory of the embedded default: token key, sidecar socket.

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::limits::{LimitsConfig, TenantLimits};
+use crate::secrets::{ConfigValue, resolve_map};
 use crate::state;
 
 /// Tenant id of the embedded default configuration.
@@ -21,10 +23,11 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("parsing {path}: {source}")]
+    // Not a `source`: toml's message already is the whole story (line, field, snippet).
+    #[error("{}: {error}", .path.display())]
     Parse {
         path: PathBuf,
-        source: Box<toml::de::Error>,
+        error: Box<toml::de::Error>,
     },
     #[error("state directory {path}: {source}")]
     State {
@@ -52,10 +55,13 @@ pub struct Config {
     pub default_tenant: Option<String>,
     #[serde(rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
+    /// Where limit counters live (`redis_url`) and what a limiter failure means.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// Where the sidecar is: a socket to connect to, or a process the gateway runs itself.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SidecarConfig {
     /// Connect to an already-running sidecar at this socket; nothing is spawned.
@@ -94,6 +100,9 @@ pub struct TenantConfig {
     pub default_ttl_secs: u64,
     pub token: PluginConfig,
     pub policy: PluginConfig,
+    /// Concurrent streams and resolves per minute; every limit optional (unset: unlimited).
+    #[serde(default)]
+    pub limits: TenantLimits,
 }
 
 /// A plugin: a built-in one by name, or a component file, and its configuration.
@@ -106,9 +115,9 @@ pub struct PluginConfig {
     /// Path of a wasm32-wasip2 component.
     #[serde(default)]
     pub wasm: Option<PathBuf>,
-    /// Handed to the plugin verbatim (secrets included).
+    /// Handed to the plugin (secrets included); values may be `{ env }` / `{ file }`.
     #[serde(default)]
-    pub config: BTreeMap<String, String>,
+    pub config: BTreeMap<String, ConfigValue>,
 }
 
 impl Default for SidecarConfig {
@@ -146,12 +155,25 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            source: Box::new(e),
+            error: Box::new(e),
         })?;
         config.validate()?;
+        config.resolve_secrets()?;
         Ok(config)
+    }
+
+    /// Replaces every `{ env }` / `{ file }` plugin value by its content, so a missing
+    /// secret fails the load and the plugins see plain strings.
+    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        for (i, t) in self.tenants.iter_mut().enumerate() {
+            for (kind, p) in [("token", &mut t.token), ("policy", &mut t.policy)] {
+                let resolved = resolve_map(&p.config, &format!("tenant[{i}].{kind}.config"))?;
+                p.config = resolved.into_iter().map(|(k, v)| (k, v.into())).collect();
+            }
+        }
+        Ok(())
     }
 
     /// The configuration used without `--config`: one tenant with the default plugins and
@@ -175,7 +197,9 @@ impl Config {
                 default_ttl_secs: default_ttl_secs(),
                 token: PluginConfig::builtin("token-xchacha", token),
                 policy: PluginConfig::builtin("policy-allowlist", policy),
+                limits: TenantLimits::default(),
             }],
+            limits: LimitsConfig::default(),
         })
     }
 
@@ -187,23 +211,40 @@ impl Config {
         }
         let mut ids = std::collections::HashSet::new();
         let mut hosts = std::collections::HashSet::new();
-        for t in &self.tenants {
-            if !ids.insert(t.id.as_str()) {
-                return invalid(format!("tenant id {:?} appears twice", t.id));
+        for (i, t) in self.tenants.iter().enumerate() {
+            if t.id.is_empty() || !ids.insert(t.id.as_str()) {
+                return invalid(format!(
+                    "tenant[{i}].id: {:?} is empty or appears twice",
+                    t.id
+                ));
             }
             for h in &t.hosts {
+                if h.is_empty() || h.contains([':', '/', ' ']) {
+                    return invalid(format!("tenant[{i}].hosts: {h:?} is not a host name"));
+                }
                 if !hosts.insert(h.to_ascii_lowercase()) {
-                    return invalid(format!("host {h:?} belongs to two tenants"));
+                    return invalid(format!(
+                        "tenant[{i}].hosts: {h:?} already belongs to another tenant"
+                    ));
                 }
             }
             for (kind, p) in [("token", &t.token), ("policy", &t.policy)] {
                 if p.builtin.is_some() == p.wasm.is_some() {
                     return invalid(format!(
-                        "tenant {:?}: {kind} needs exactly one of `builtin` or `wasm`",
-                        t.id
+                        "tenant[{i}].{kind}: needs exactly one of `builtin` or `wasm`"
                     ));
                 }
             }
+        }
+        if let Some(url) = &self.limits.redis_url
+            && let Err(e) = redis::Client::open(url.as_str())
+        {
+            return invalid(format!("limits.redis_url: {e}"));
+        }
+        if self.limits.slot_ttl_secs < 3 {
+            return invalid(
+                "limits.slot_ttl_secs must be at least 3 (heartbeats every third)".into(),
+            );
         }
         if self.sidecar.metadata_timeout_secs == 0 {
             return invalid("sidecar.metadata_timeout_secs must be at least 1".into());
@@ -211,7 +252,7 @@ impl Config {
         if let Some(d) = &self.default_tenant
             && !ids.contains(d.as_str())
         {
-            return invalid(format!("default_tenant {d:?} is not a tenant"));
+            return invalid(format!("default_tenant: {d:?} is not a tenant id"));
         }
         Ok(())
     }
@@ -226,8 +267,13 @@ impl PluginConfig {
         PluginConfig {
             builtin: Some(name.to_owned()),
             wasm: None,
-            config,
+            config: config.into_iter().map(|(k, v)| (k, v.into())).collect(),
         }
+    }
+
+    /// The config as plugins get it; `field` names the map in errors.
+    pub fn resolved(&self, field: &str) -> Result<BTreeMap<String, String>, ConfigError> {
+        resolve_map(&self.config, field)
     }
 }
 

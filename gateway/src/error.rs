@@ -7,9 +7,10 @@ use std::convert::Infallible;
 use serde::Serialize;
 use streamgate_protocol::{ErrorCode, JobError, ProtocolError};
 use warp::http::{HeaderValue, StatusCode, header};
-use warp::reject::{MethodNotAllowed, Reject};
+use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, Reject};
 use warp::{Rejection, Reply};
 
+use crate::limits::LimitError;
 use crate::plugin::{Denial, PluginError};
 
 /// Seconds a client is told to wait when the sidecar's queue is full.
@@ -30,6 +31,8 @@ pub enum GatewayError {
         #[source]
         source: PluginError,
     },
+    #[error("plugin {plugin} cannot seal: {reason}")]
+    Seal { plugin: String, reason: String },
     #[error("the sidecar failed the job: {0}")]
     Job(JobError),
     #[error("the sidecar is unavailable: {0}")]
@@ -40,8 +43,18 @@ pub enum GatewayError {
     MetadataTimeout,
     #[error("no such route")]
     RouteNotFound,
-    #[error("method not allowed (GET or HEAD)")]
+    #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("no tenant serves host {0:?}")]
+    UnknownHost(String),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("the request body is too large")]
+    PayloadTooLarge,
+    #[error("a Content-Length header is required")]
+    LengthRequired,
+    #[error(transparent)]
+    Limit(#[from] LimitError),
 }
 
 impl GatewayError {
@@ -52,12 +65,19 @@ impl GatewayError {
             GatewayError::TokenDenied { denial, .. }
             | GatewayError::PolicyDenied { denial, .. } => denial_status(denial),
             GatewayError::Plugin { source, .. } => plugin_status(source),
+            GatewayError::Seal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Job(e) => job_status(e.code),
             GatewayError::SidecarUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Protocol(_) => StatusCode::BAD_GATEWAY,
             GatewayError::MetadataTimeout => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::UnknownHost(_) => StatusCode::NOT_FOUND,
+            GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            GatewayError::Limit(LimitError::Limited { .. }) => StatusCode::TOO_MANY_REQUESTS,
+            GatewayError::Limit(LimitError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -67,21 +87,30 @@ impl GatewayError {
             GatewayError::MissingToken => "missing_token",
             GatewayError::TokenDenied { .. } => "token_denied",
             GatewayError::PolicyDenied { .. } => "policy_denied",
-            GatewayError::Plugin { .. } => "plugin_failed",
+            GatewayError::Plugin { .. } | GatewayError::Seal { .. } => "plugin_failed",
             GatewayError::Job(e) => e.code.as_str(),
             GatewayError::SidecarUnavailable(_) => "sidecar_unavailable",
             GatewayError::Protocol(_) => "protocol",
             GatewayError::MetadataTimeout => "timeout",
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
+            GatewayError::UnknownHost(_) => "unknown_host",
+            GatewayError::BadRequest(_) => "bad_request",
+            GatewayError::PayloadTooLarge => "payload_too_large",
+            GatewayError::LengthRequired => "length_required",
+            GatewayError::Limit(LimitError::Limited { .. }) => "rate_limited",
+            GatewayError::Limit(LimitError::Unavailable(_)) => "limiter_unavailable",
         }
     }
 
     /// The client-facing detail. Server-side failures stay vague: their detail is logged.
     fn detail(&self) -> String {
         match self {
-            GatewayError::Plugin { plugin, .. } => format!("plugin {plugin} failed"),
+            GatewayError::Plugin { plugin, .. } | GatewayError::Seal { plugin, .. } => {
+                format!("plugin {plugin} failed")
+            }
             GatewayError::SidecarUnavailable(_) => "the media backend is unavailable".into(),
+            GatewayError::Limit(LimitError::Unavailable(_)) => "the limiter is unavailable".into(),
             GatewayError::Job(e) if e.code == ErrorCode::Internal => {
                 "the media backend failed".into()
             }
@@ -173,6 +202,12 @@ impl Problem {
         if matches!(&self.error, GatewayError::Job(e) if e.code == ErrorCode::Busy) {
             headers.insert(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.into());
         }
+        if let GatewayError::Limit(LimitError::Limited {
+            retry_after_secs, ..
+        }) = &self.error
+        {
+            headers.insert(header::RETRY_AFTER, (*retry_after_secs).into());
+        }
         resp
     }
 }
@@ -196,6 +231,10 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
         GatewayError::RouteNotFound
     } else if rejection.find::<MethodNotAllowed>().is_some() {
         GatewayError::MethodNotAllowed
+    } else if rejection.find::<PayloadTooLarge>().is_some() {
+        GatewayError::PayloadTooLarge
+    } else if rejection.find::<LengthRequired>().is_some() {
+        GatewayError::LengthRequired
     } else {
         tracing::error!(?rejection, "unhandled rejection");
         let resp = warp::reply::with_status("internal error", StatusCode::INTERNAL_SERVER_ERROR);

@@ -7,6 +7,9 @@ use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use streamgate::cli::{Cli, Command, MintArgs, ServeArgs, sidecar_next_to};
+use streamgate::config::Config;
+use streamgate::limits::Limiter;
+use streamgate::metrics::Metrics;
 use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest, builtin};
 use streamgate::relay::ActiveStreams;
 use streamgate::routes::{AppState, routes};
@@ -31,6 +34,35 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", builtin::xchacha_generate_key());
             Ok(())
         }
+        Command::CheckConfig { file } => check_config(&file),
+    }
+}
+
+/// Everything `serve` would check before listening: parse, fields, secrets, plugins. A
+/// refusal is one plain message on stderr (no backtrace) and exit status 1.
+fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
+    let checked = Config::load(file).and_then(|config| {
+        let engine = PluginEngine::new(EngineSettings::default())
+            .map_err(|e| streamgate::config::ConfigError::Invalid(e.to_string()))?;
+        Tenants::build(&engine, &config)?;
+        Limiter::new(&config, Metrics::new())?;
+        Ok(config)
+    });
+    match checked {
+        Ok(config) => {
+            let ids: Vec<&str> = config.tenants.iter().map(|t| t.id.as_str()).collect();
+            println!(
+                "{}: ok ({} tenants: {})",
+                file.display(),
+                ids.len(),
+                ids.join(", ")
+            );
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("invalid configuration {}:\n{e}", file.display());
+            std::process::exit(1);
+        }
     }
 }
 
@@ -51,8 +83,10 @@ fn engine() -> anyhow::Result<PluginEngine> {
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let args = Arc::new(args);
     let config = args.config()?;
-    let tenants = Tenants::build(&engine()?, &config)?;
+    let engine = engine()?;
+    let tenants = Tenants::build(&engine, &config)?;
     let (socket, supervisor) = match &config.sidecar.connect {
         Some(socket) => (socket.clone(), None),
         None => {
@@ -74,11 +108,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     let metadata_timeout = Duration::from_secs(config.sidecar.metadata_timeout_secs);
+    let metrics = Metrics::new();
     let state = Arc::new(AppState {
         tenants: ArcSwap::from_pointee(tenants),
         sidecar: SidecarClient::new(socket, metadata_timeout),
         active: ActiveStreams::default(),
+        limiter: Limiter::new(&config, metrics.clone())?,
+        metrics,
     });
+
+    let loader = {
+        let args = args.clone();
+        Box::new(move || args.config())
+    };
+    streamgate::reload::spawn_on_sighup(state.clone(), engine, loader, config.clone())?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

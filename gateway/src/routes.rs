@@ -14,10 +14,12 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::error::{GatewayError, Problem, recover};
 use crate::headers::media_headers;
+use crate::limits::Limiter;
+use crate::metrics::{self, MeteredBody, Metrics};
 use crate::plugin::{PolicyDecision, RequestInfo};
 use crate::relay::{self, ActiveStreams, MediaBody};
 use crate::sidecar::SidecarClient;
-use crate::tenant::Tenants;
+use crate::tenant::{Tenant, Tenants};
 
 /// Everything handlers share. Tenants sit behind an `ArcSwap` so a reload can replace them
 /// while requests in flight keep the set they started with.
@@ -25,6 +27,9 @@ pub struct AppState {
     pub tenants: ArcSwap<Tenants>,
     pub sidecar: SidecarClient,
     pub active: ActiveStreams,
+    /// Counters of every tenant's limits; kept across reloads (`Limiter::reload`).
+    pub limiter: Limiter,
+    pub metrics: Metrics,
 }
 
 /// The whole HTTP surface.
@@ -43,9 +48,36 @@ pub fn routes(
         .unify()
         .and(get_or_head())
         .and(request_parts())
-        .and(with_state(state))
+        .and(with_state(state.clone()))
         .and_then(stream);
-    healthz.or(readyz).or(stream).recover(recover)
+    let metrics = warp::path!("metrics")
+        .and(get_or_head())
+        .and(with_state(state.clone()))
+        .map(|_, state: Arc<AppState>| {
+            let text = state.metrics.encode();
+            warp::reply::with_header(text, "content-type", metrics::CONTENT_TYPE)
+        });
+    let counted = state.clone();
+    let resolve = crate::resolve::route(state);
+    let all = healthz.or(readyz).or(metrics).or(stream).or(resolve);
+    all.recover(recover).with(warp::log::custom(move |info| {
+        count_request(&counted, &info)
+    }))
+}
+
+/// Paths whose requests belong to a tenant (by Host); everything else counts under `-`.
+const TENANT_ROUTES: [&str; 3] = ["/stream", "/v1/stream", "/v1/resolve"];
+
+/// `http_requests_total`, labelled with the tenant the Host resolves to (bounded by the
+/// config) and the final status, whichever filter or `recover` produced it.
+fn count_request(state: &AppState, info: &warp::log::Info<'_>) {
+    let tenants = state.tenants.load();
+    let tenant = match TENANT_ROUTES.contains(&info.path()) {
+        true => tenants.for_host(info.host()).map(|t| t.id.as_str()),
+        false => None,
+    };
+    let tenant = tenant.unwrap_or(metrics::NO_TENANT);
+    state.metrics.request(tenant, info.status().as_u16());
 }
 
 fn with_state(
@@ -63,14 +95,15 @@ fn get_or_head() -> impl Filter<Extract = (Method,), Error = Rejection> + Clone 
 }
 
 /// What plugins see of a request, minus the tenant (resolved later).
-struct RequestParts {
+pub(crate) struct RequestParts {
     path: String,
     query: String,
     headers: HeaderMap,
     remote: Option<SocketAddr>,
 }
 
-fn request_parts() -> impl Filter<Extract = (RequestParts,), Error = Infallible> + Clone {
+pub(crate) fn request_parts() -> impl Filter<Extract = (RequestParts,), Error = Infallible> + Clone
+{
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     warp::path::full()
         .and(query)
@@ -116,19 +149,15 @@ async fn stream(
     result.map_err(|e| warp::reject::custom(Problem::new(e, &request_id)))
 }
 
-async fn respond(
-    method: Method,
+/// The request's tenant (by Host; 404 when none) and what its plugins see of the request.
+pub(crate) fn plugin_request(
+    method: &Method,
     parts: RequestParts,
     state: &AppState,
-    request_id: &str,
-) -> Result<warp::reply::Response, GatewayError> {
-    let token = url::form_urlencoded::parse(parts.query.as_bytes())
-        .find(|(k, _)| k == "data")
-        .map(|(_, v)| v.into_owned())
-        .filter(|v| !v.is_empty())
-        .ok_or(GatewayError::MissingToken)?;
+) -> Result<(Arc<Tenant>, RequestInfo), GatewayError> {
     let host = parts.headers.get("host").and_then(|h| h.to_str().ok());
-    let tenant = state.tenants.load().for_host(host).clone();
+    let tenant = state.tenants.load().for_host(host).cloned();
+    let tenant = tenant.ok_or_else(|| GatewayError::UnknownHost(host.unwrap_or("").into()))?;
     let info = RequestInfo {
         method: method.to_string(),
         path: parts.path,
@@ -141,11 +170,28 @@ async fn respond(
         client_addr: parts.remote.map(|a| a.to_string()).unwrap_or_default(),
         tenant: tenant.id.clone(),
     };
+    Ok((tenant, info))
+}
+
+async fn respond(
+    method: Method,
+    parts: RequestParts,
+    state: &AppState,
+    request_id: &str,
+) -> Result<warp::reply::Response, GatewayError> {
+    let token = url::form_urlencoded::parse(parts.query.as_bytes())
+        .find(|(k, _)| k == "data")
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+        .ok_or(GatewayError::MissingToken)?;
+    let received = std::time::Instant::now();
+    let (tenant, info) = plugin_request(&method, parts, state)?;
     let plugin_err = |plugin: &str| {
         let plugin = plugin.to_owned();
         move |source| GatewayError::Plugin { plugin, source }
     };
-    let mut wanted = match tenant.token.open(&info, &token).await {
+    let opened = tenant.token.open(&info, &token);
+    let mut wanted = match state.metrics.plugin_call(tenant.token.name(), opened).await {
         Ok(Ok(wanted)) => wanted,
         Ok(Err(denial)) => {
             let plugin = tenant.token.name().to_owned();
@@ -153,10 +199,11 @@ async fn respond(
         }
         Err(e) => return Err(plugin_err(tenant.token.name())(e)),
     };
-    let decision = tenant
-        .policy
-        .check(&info, &wanted)
-        .await
+    let checked = tenant.policy.check(&info, &wanted);
+    let decision = (state
+        .metrics
+        .plugin_call(tenant.policy.name(), checked)
+        .await)
         .map_err(plugin_err(tenant.policy.name()))?;
     match decision {
         PolicyDecision::Allow { format, filename } => {
@@ -168,6 +215,8 @@ async fn respond(
             return Err(GatewayError::PolicyDenied { plugin, denial });
         }
     }
+    let client_ip = info.client_addr.parse::<SocketAddr>().ok().map(|a| a.ip());
+    let slot = state.limiter.acquire_stream(&tenant.id, client_ip).await?;
     tracing::info!(tenant = %tenant.id, url = %wanted.url, format = %wanted.format, "job");
     let job = StreamJob {
         url: wanted.url,
@@ -175,7 +224,12 @@ async fn respond(
         tenant: Some(tenant.id.clone()),
         request_id: Some(request_id.to_owned()),
     };
-    let (meta, conn) = state.sidecar.start(job).await?;
+    state.metrics.sidecar_job("stream");
+    let started = state.sidecar.start(job).await;
+    if let Err(GatewayError::Job(e)) = &started {
+        state.metrics.sidecar_error(e.code.as_str());
+    }
+    let (meta, conn) = started?;
     tracing::info!(mime = %meta.mime, size = ?meta.size, "metadata");
     let headers = media_headers(&meta, wanted.filename.as_deref(), request_id);
     let mut resp = if method == Method::HEAD {
@@ -185,6 +239,8 @@ async fn respond(
         warp::reply::stream(nothing).into_response()
     } else {
         let body = MediaBody::new(conn, request_id.to_owned(), state.active.clone());
+        let metrics = state.metrics.clone();
+        let body = MeteredBody::new(body, &tenant.id, metrics, received, slot);
         warp::reply::stream(body).into_response()
     };
     *resp.status_mut() = StatusCode::OK;
@@ -193,6 +249,6 @@ async fn respond(
 }
 
 /// 16 hex digits: unique enough to grep both logs for one stream.
-fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     format!("{:016x}", rand::random::<u64>())
 }

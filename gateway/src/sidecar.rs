@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use futures::SinkExt;
 use streamgate_protocol::{
-    Connection, Frame, Metadata, ProtocolError, StreamJob, Welcome, client_handshake, connection,
-    next_frame,
+    Connection, Frame, MediaInfo, Metadata, ProtocolError, ResolveJob, StreamJob, Welcome,
+    client_handshake, connection, next_frame,
 };
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
@@ -93,6 +93,33 @@ impl SidecarClient {
             // The sidecar going away mid-job (a crash, a restart) is an outage, not a bug.
             Err(ProtocolError::Closed { .. }) => Err(GatewayError::SidecarUnavailable(
                 "connection closed before metadata".into(),
+            )),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl SidecarClient {
+    /// Runs a resolve job (yt-dlp's metadata, no media) under the metadata timeout.
+    pub async fn resolve(&self, job: ResolveJob) -> Result<MediaInfo, GatewayError> {
+        let (mut conn, _) = self.connect().await?;
+        conn.send(Frame::Resolve(job)).await?;
+        let answer = tokio::time::timeout(
+            self.metadata_timeout,
+            next_frame(&mut conn, "awaiting info"),
+        )
+        .await
+        .map_err(|_| GatewayError::MetadataTimeout)?;
+        match answer {
+            Ok(Frame::Info(info)) => Ok(info),
+            Ok(Frame::Error(e)) => Err(GatewayError::Job(e)),
+            Ok(other) => Err(ProtocolError::Unexpected {
+                got: other.kind(),
+                during: "awaiting info",
+            }
+            .into()),
+            Err(ProtocolError::Closed { .. }) => Err(GatewayError::SidecarUnavailable(
+                "connection closed before info".into(),
             )),
             Err(e) => Err(e.into()),
         }

@@ -18,11 +18,14 @@ pub struct Tenant {
     pub default_ttl: Duration,
 }
 
-/// Every tenant, indexed by host name, with a fallback for unknown hosts.
+/// Every tenant, indexed by host name, with an optional fallback for unknown hosts.
 pub struct Tenants {
     all: Vec<Arc<Tenant>>,
     by_host: HashMap<String, usize>,
+    /// `default_tenant`, else the first: what `mint` uses without `--tenant`.
     default: usize,
+    /// `default_tenant` only: without it an unknown Host is a 404, never a guess.
+    fallback: Option<usize>,
 }
 
 impl Tenants {
@@ -31,14 +34,17 @@ impl Tenants {
         let mut all = Vec::with_capacity(config.tenants.len());
         let mut by_host = HashMap::new();
         for (i, t) in config.tenants.iter().enumerate() {
-            let (name, wasm) = plugin_source(&t.token)?;
+            let field = |kind: &str| format!("tenant[{i}].{kind}");
+            let (name, wasm) = plugin_source(&t.token, &field("token"))?;
+            let config = t.token.resolved(&field("token.config"))?;
             let token = engine
-                .load_token(&name, &wasm, t.token.config.clone())
-                .map_err(|e| invalid(&t.id, "token", e))?;
-            let (name, wasm) = plugin_source(&t.policy)?;
+                .load_token(&name, &wasm, config)
+                .map_err(|e| invalid(&field("token"), e))?;
+            let (name, wasm) = plugin_source(&t.policy, &field("policy"))?;
+            let config = t.policy.resolved(&field("policy.config"))?;
             let policy = engine
-                .load_policy(&name, &wasm, t.policy.config.clone())
-                .map_err(|e| invalid(&t.id, "policy", e))?;
+                .load_policy(&name, &wasm, config)
+                .map_err(|e| invalid(&field("policy"), e))?;
             for h in &t.hosts {
                 by_host.insert(h.to_ascii_lowercase(), i);
             }
@@ -50,25 +56,26 @@ impl Tenants {
                 default_ttl: Duration::from_secs(t.default_ttl_secs),
             }));
         }
-        let default = match &config.default_tenant {
-            Some(id) => all.iter().position(|t| &t.id == id).unwrap_or(0),
-            None => 0,
-        };
+        let fallback = config
+            .default_tenant
+            .as_ref()
+            .and_then(|id| all.iter().position(|t| &t.id == id));
         Ok(Tenants {
             all,
             by_host,
-            default,
+            default: fallback.unwrap_or(0),
+            fallback,
         })
     }
 
-    /// The tenant for a request's Host header (port and case ignored), else the default.
-    pub fn for_host(&self, host: Option<&str>) -> &Arc<Tenant> {
-        let index = host
-            .map(strip_port)
+    /// The tenant for a request's Host header (port and case ignored), else `default_tenant`;
+    /// `None` when neither matches (the caller answers 404).
+    pub fn for_host(&self, host: Option<&str>) -> Option<&Arc<Tenant>> {
+        host.map(strip_port)
             .and_then(|h| self.by_host.get(&h.to_ascii_lowercase()))
             .copied()
-            .unwrap_or(self.default);
-        &self.all[index]
+            .or(self.fallback)
+            .map(|i| &self.all[i])
     }
 
     pub fn get(&self, id: &str) -> Option<&Arc<Tenant>> {
@@ -80,10 +87,8 @@ impl Tenants {
     }
 }
 
-fn invalid(tenant: &str, kind: &str, err: impl std::fmt::Display) -> ConfigError {
-    ConfigError::Invalid(format!(
-        "tenant {tenant:?}: loading its {kind} plugin: {err}"
-    ))
+fn invalid(field: &str, err: impl std::fmt::Display) -> ConfigError {
+    ConfigError::Invalid(format!("{field}: loading the plugin: {err}"))
 }
 
 /// `host:port`, `[v6]:port` or a bare host → the host.
@@ -95,16 +100,16 @@ fn strip_port(host: &str) -> &str {
 }
 
 /// The name and bytes of a plugin: embedded for built-ins, read from disk otherwise.
-fn plugin_source(p: &PluginConfig) -> Result<(String, Vec<u8>), ConfigError> {
+fn plugin_source(p: &PluginConfig, field: &str) -> Result<(String, Vec<u8>), ConfigError> {
     if let Some(name) = &p.builtin {
-        let wasm = builtin::by_name(name)
-            .ok_or_else(|| ConfigError::Invalid(format!("no built-in plugin {name:?}")))?;
+        let wasm = builtin::by_name(name).ok_or_else(|| {
+            ConfigError::Invalid(format!("{field}.builtin: no built-in plugin {name:?}"))
+        })?;
         return Ok((name.clone(), wasm.to_vec()));
     }
     let path = p.wasm.as_ref().expect("validated: builtin or wasm");
-    let wasm = std::fs::read(path).map_err(|source| ConfigError::Read {
-        path: path.clone(),
-        source,
+    let wasm = std::fs::read(path).map_err(|e| {
+        ConfigError::Invalid(format!("{field}.wasm: reading {}: {e}", path.display()))
     })?;
     let name = path
         .file_stem()

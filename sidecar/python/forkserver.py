@@ -16,6 +16,7 @@ import gc
 import inspect
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -23,6 +24,7 @@ import time
 import traceback
 
 JOB_FD = 3
+REFILL_DELAY = 0.3  # seconds
 PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -33,8 +35,10 @@ def set_name(name):
 
 def patch(yt_dlp):
     """Job-independent work memoised here runs once in this process, not once per job."""
-    from yt_dlp import YoutubeDL, networking, options
+    from yt_dlp import options
     from yt_dlp.networking import common
+
+    YoutubeDL = sys.modules['yt_dlp.YoutubeDL']  # the module (the package exports the class)
 
     # Loading the CA store takes ~50 ms and is the same for every job.
     make = common.make_ssl_context
@@ -72,15 +76,25 @@ def patch(yt_dlp):
 
 def warm(yt_dlp, ffmpeg):
     """Runs everything a job would run before its first request, so children inherit it."""
-    from yt_dlp import YoutubeDL
     from yt_dlp.postprocessor.ffmpeg import FFmpegPostProcessor
 
+    import _strptime
+    import yt_dlp.extractor._extractors  # noqa: F401 (every real extractor class, ~0.5 s)
+    from yt_dlp.utils import unified_strdate, unified_timestamp
+
     options = patch(yt_dlp)
+    YoutubeDL = sys.modules['yt_dlp.YoutubeDL']
+    # yt-dlp tries ~60 date formats in turn; CPython keeps only 5 compiled (~50 ms a job).
+    _strptime._CACHE_MAX_SIZE = 4096
+    for date in ('Tue, 25 Nov 2025 15:54:00 GMT', '2025-11-25T15:54:00Z', '20251125'):
+        unified_strdate(date)
+        unified_timestamp(date)
     params = {'quiet': True, 'no_warnings': True, 'simulate': True, 'cachedir': False}
     if ffmpeg:
         params['ffmpeg_location'] = ffmpeg
     with YoutubeDL.YoutubeDL(params) as ydl:
         FFmpegPostProcessor.get_versions_and_features(ydl)
+        ydl.get_info_extractor('Generic')
         for ie in ydl._ies.values():  # compiles every extractor's URL regex
             ie.suitable('http://127.0.0.1/warm.mp4')
         common = sys.modules['yt_dlp.networking.common']
@@ -89,6 +103,9 @@ def warm(yt_dlp, ffmpeg):
             {'url': 'http://127.0.0.1/w.mp4', 'ext': 'mp4', 'format_id': '0'}]}
         ydl.process_ie_result(fake, download=False)
     yt_dlp.parse_options(['-q', '-o', '-', '-f', 'b', '--', 'http://127.0.0.1/w.mp4'])
+    yt_dlp.utils.system_identifier()  # cached; costs two subprocesses
+    # Plugins were loaded above (HOME is the empty work dir); rescanning costs ~20 ms a job.
+    YoutubeDL.load_all_plugins = yt_dlp._load_all_plugins = lambda: None
     # One pristine parser for all children: each uses it once, in its own copy of memory.
     parser = options.create_parser()
     options.create_parser = lambda: parser
@@ -172,8 +189,9 @@ def main():
         if pid == 0:
             try:
                 os.close(notify_r)
+                intermediate = os.getpid()
                 if os.fork() == 0:
-                    worker(yt_dlp, jobs, notify_w, os.getppid(), sidecar)
+                    worker(yt_dlp, jobs, notify_w, intermediate, sidecar)
             finally:
                 os._exit(0)
         os.waitpid(pid, 0)
@@ -181,12 +199,21 @@ def main():
     for _ in range(idle):
         spawn_idle()
     jobs.send(json.dumps({'ready': os.getpid(), 'yt_dlp': yt_dlp.version.__version__}).encode())
+    # A fork competes with the job that was just taken for the CPU (and copies page tables):
+    # while another worker is still idle, replacements wait until the job is under way.
+    waiting, ready = 0, idle
     while True:
-        taken = os.read(notify_r, 64)
-        if not taken:
-            return
-        for _ in taken:
+        timeout = None if waiting == 0 else (0 if ready == 0 else REFILL_DELAY)
+        if select.select([notify_r], [], [], timeout)[0]:
+            taken = os.read(notify_r, 64)
+            if not taken:
+                return
+            waiting, ready = waiting + len(taken), ready - len(taken)
+            if ready > 0:
+                continue
+        while waiting:
             spawn_idle()
+            waiting, ready = waiting - 1, ready + 1
 
 
 main()

@@ -10,6 +10,9 @@ use streamgate_protocol::{ErrorCode, JobError};
 /// yt-dlp's warning when the formats of a `+` request cannot be merged to stdout: it would
 /// then send them one after the other, which no player can use.
 const MERGE_REFUSED: &str = "The formats will be streamed one after the other";
+/// yt-dlp's exit status when `--break-match-filters` rejected the format (the protocol
+/// filter of `ytdlp.rs`, the only match filter the sidecar sets).
+const REJECTED: i32 = 101;
 /// Longest message passed on; yt-dlp can quote whole pages.
 const MAX_MESSAGE: usize = 400;
 
@@ -58,6 +61,12 @@ pub fn classify(stderr: &str, status: Option<ExitStatus>) -> JobError {
     }
     if let Some(message) = first_error {
         return JobError::new(ErrorCode::UpstreamFailed, trim(message));
+    }
+    if status.and_then(|s| s.code()) == Some(REJECTED) {
+        return JobError::new(
+            ErrorCode::FormatUnavailable,
+            "the format's protocol needs a downloader that writes fragments to disk",
+        );
     }
     let message = match status {
         Some(s) => format!("yt-dlp failed ({s}) without an error message"),
@@ -167,6 +176,12 @@ mod tests {
         assert_eq!(classify("", None).code, ErrorCode::Internal);
         let crash = "Traceback (most recent call last):\n  File \"yt_dlp/__main__.py\", line 1\nKeyError: 'x'\n";
         assert_eq!(code(crash).0, ErrorCode::Internal);
+    }
+
+    #[test]
+    fn protocol_filter_rejection() {
+        let e = classify("", Some(ExitStatus::from_raw(101 << 8)));
+        assert_eq!(e.code, ErrorCode::FormatUnavailable);
     }
 
     #[test]

@@ -1,19 +1,19 @@
 //! One stream job: yt-dlp's stdout relayed as data frames, metadata first, end or error last.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use streamgate_protocol::{ErrorCode, Frame, JobError, MAX_DATA_LEN, Metadata};
 use tokio::io::AsyncReadExt;
-use tokio::process::ChildStdout;
+use tokio::net::unix::pipe;
 use tracing::{debug, info, warn};
 
 use crate::classify::{classify, merge_refused};
+use crate::proc::Proc;
 use crate::server::{Rx, Shared, Tx};
 use crate::sniff::sniff;
-use crate::ytdlp::Proc;
 
 /// The first chunk is filled up to this much before sniffing: enough for a faststart `moov`.
 const FIRST_CHUNK: usize = 64 * 1024;
@@ -66,7 +66,14 @@ struct Info {
 }
 
 /// Runs the job until it ends; the caller closes the connection afterwards.
-pub async fn run(shared: &Shared, mut proc: Proc, tx: &mut Tx, rx: &mut Rx) -> Outcome {
+/// `started` is when the job frame arrived: the debug timings are relative to it.
+pub async fn run(
+    shared: &Shared,
+    mut proc: Proc,
+    started: Instant,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Outcome {
     let Some(mut stdout) = proc.stdout.take() else {
         proc.kill().await;
         return fail(
@@ -109,8 +116,10 @@ pub async fn run(shared: &Shared, mut proc: Proc, tx: &mut Tx, rx: &mut Rx) -> O
             Ok(Ok(chunk)) => chunk,
         };
         let mut frames = Vec::with_capacity(2);
+        let was_first = first;
         if first {
             first = false;
+            debug!(ms = ms(started), bytes = chunk.len(), "first stdout chunk");
             // Everything yt-dlp wrote to stderr before this byte is in the pipe by now.
             proc.stderr.catch_up();
             let stderr = proc.stderr.text();
@@ -142,6 +151,9 @@ pub async fn run(shared: &Shared, mut proc: Proc, tx: &mut Tx, rx: &mut Rx) -> O
                     return Outcome::Cancelled { bytes: total };
                 },
             }
+        }
+        if was_first {
+            debug!(ms = ms(started), "metadata and first data sent");
         }
     }
     finish(proc, total, tx, rx).await
@@ -186,9 +198,14 @@ async fn finish(mut proc: Proc, total: u64, tx: &mut Tx, rx: &mut Rx) -> Outcome
     }
 }
 
+/// Milliseconds since `t`, for the debug timings.
+pub(crate) fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1e4).round() / 10.0
+}
+
 /// Fills the first chunk (for sniffing) or reads what is there now (up to `want`).
 async fn read_chunk(
-    stdout: &mut ChildStdout,
+    stdout: &mut pipe::Receiver,
     want: usize,
     fill: bool,
 ) -> std::io::Result<BytesMut> {

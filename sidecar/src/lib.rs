@@ -4,8 +4,11 @@
 
 #![deny(missing_docs)]
 
+mod cache;
 mod classify;
 mod job;
+mod pool;
+mod proc;
 mod resolve;
 mod server;
 mod sniff;
@@ -14,6 +17,7 @@ mod ytdlp;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use cache::{Cache, CacheLimits};
 pub use classify::{classify, merge_refused};
 pub use server::{Server, bind_socket};
 pub use sniff::{Sniffed, sniff};
@@ -45,6 +49,10 @@ pub struct Config {
     pub work_dir: Option<PathBuf>,
     /// Names of environment variables passed through to yt-dlp (e.g. `HTTPS_PROXY`).
     pub pass_env: Vec<String>,
+    /// Idle pre-forked workers of the warm pool; 0 disables the pool (every job spawns).
+    pub pool_idle: usize,
+    /// The extraction cache's bounds (ttl zero: no cache).
+    pub cache: CacheLimits,
 }
 
 /// Every way the sidecar itself (not a job) can fail.

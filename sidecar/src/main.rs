@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use streamgate_sidecar::{Config, Server, default_yt_dlp};
+use streamgate_sidecar::{CacheLimits, Config, Server, default_yt_dlp};
 
 /// Runs yt-dlp jobs for the gateway over a Unix socket (docs/protocol.md).
 #[derive(Parser, Debug)]
@@ -44,6 +44,21 @@ struct Args {
     /// Environment variable passed through to yt-dlp (repeatable), e.g. HTTPS_PROXY.
     #[arg(long = "pass-env", value_name = "NAME")]
     pass_env: Vec<String>,
+    /// No warm pool: spawn a fresh yt-dlp per job (slower first byte, ~0.5 s).
+    #[arg(long)]
+    no_pool: bool,
+    /// Idle pre-forked pool workers waiting for a job.
+    #[arg(long, default_value_t = 2)]
+    pool_idle: usize,
+    /// Seconds a resolve's info is reused by streams of the same URL; 0 disables.
+    #[arg(long, default_value_t = 60.0)]
+    cache_ttl: f64,
+    /// Most cached extractions.
+    #[arg(long, default_value_t = 256)]
+    cache_entries: usize,
+    /// Most bytes of cached info JSON.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    cache_bytes: usize,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -80,6 +95,16 @@ async fn main() -> anyhow::Result<()> {
         ffmpeg: args.ffmpeg,
         work_dir: args.work_dir,
         pass_env: args.pass_env,
+        pool_idle: if args.no_pool {
+            0
+        } else {
+            args.pool_idle.max(1)
+        },
+        cache: CacheLimits {
+            ttl: secs("cache-ttl", args.cache_ttl)?,
+            entries: args.cache_entries,
+            bytes: args.cache_bytes,
+        },
     };
     let server = Server::start(config)
         .await

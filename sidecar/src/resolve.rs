@@ -10,8 +10,8 @@ use tracing::info;
 
 use crate::classify::classify;
 use crate::job::{LAST_FRAME_TIMEOUT, Outcome, fail, peer_event, stop};
+use crate::proc::Proc;
 use crate::server::{Rx, Shared, Tx};
-use crate::ytdlp::Proc;
 
 /// `-J` of a big site can be several MB; more than this is refused rather than buffered.
 const MAX_INFO_JSON: u64 = 32 * 1024 * 1024;
@@ -40,7 +40,13 @@ struct RawFormat {
 }
 
 /// Runs `-J`, answers `info` or `error`.
-pub async fn run(shared: &Shared, mut proc: Proc, tx: &mut Tx, rx: &mut Rx) -> Outcome {
+pub async fn run(
+    shared: &Shared,
+    mut proc: Proc,
+    key: (Option<&str>, &str),
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Outcome {
     let Some(stdout) = proc.stdout.take() else {
         proc.kill().await;
         return fail(
@@ -97,6 +103,7 @@ pub async fn run(shared: &Shared, mut proc: Proc, tx: &mut Tx, rx: &mut Rx) -> O
     match serde_json::from_slice::<RawInfo>(&json) {
         Ok(raw) => {
             let info = trim(raw);
+            shared.cache.put(key.0, key.1, json.into());
             info!(formats = info.formats.len(), "resolved");
             let _ = tokio::time::timeout(LAST_FRAME_TIMEOUT, tx.send(Frame::Info(info))).await;
             Outcome::Done { bytes: 0 }

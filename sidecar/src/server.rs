@@ -4,7 +4,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::SinkExt;
 use futures::stream::{SplitSink, SplitStream, StreamExt};
@@ -17,11 +17,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::job::{self, Outcome};
+use crate::pool::Pool;
 use crate::ytdlp::YtDlp;
-use crate::{Config, Error, resolve};
+use crate::{Cache, Config, Error, resolve};
 
 /// Sending half of a client connection.
 pub(crate) type Tx = SplitSink<Connection<UnixStream>, Frame>;
@@ -35,6 +36,10 @@ const KILL_GRACE: Duration = Duration::from_secs(1);
 pub(crate) struct Shared {
     pub config: Config,
     pub ytdlp: YtDlp,
+    /// The warm pool; `None` with `--no-pool` or no Python yt-dlp.
+    pub pool: Option<Arc<Pool>>,
+    /// Resolve results for streams of the same URL.
+    pub cache: Cache,
     pub welcome: Welcome,
     /// One permit per running job.
     slots: Arc<Semaphore>,
@@ -132,6 +137,15 @@ impl Server {
         // ffmpeg orphaned by a killed yt-dlp is re-parented to us, so we can reap it.
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };
+        // Before the socket: a sidecar that accepts jobs has its pool warm (or gave up).
+        let pool = match (config.pool_idle, ytdlp.python()) {
+            (0, _) => None,
+            (idle, Some(python)) => Some(Pool::start(python, ytdlp.clone(), idle).await),
+            (_, None) => {
+                warn!("yt-dlp is not a Python script: no warm pool, every job spawns");
+                None
+            }
+        };
         let listener = bind_socket(&config.socket, config.socket_group.as_deref())?;
         info!(socket = %config.socket.display(), %yt_dlp, work_dir = %work_dir.display(),
               max_jobs = config.max_jobs, queue = config.queue, "sidecar listening");
@@ -145,6 +159,8 @@ impl Server {
                 yt_dlp,
             },
             ytdlp,
+            pool,
+            cache: Cache::new(config.cache),
             config,
             draining: CancellationToken::new(),
             kill_jobs: CancellationToken::new(),
@@ -192,6 +208,9 @@ impl Server {
             self.shared.kill_jobs.cancel();
             tracker.wait().await;
         }
+        if let Some(pool) = &self.shared.pool {
+            pool.shutdown();
+        }
         if let Some(dir) = self.own_work_dir {
             let _ = std::fs::remove_dir(dir);
         }
@@ -229,14 +248,15 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             f = next_frame(&mut conn, "awaiting a job") => f,
             _ = shared.draining.cancelled() => return,
         };
-        let (kind, url, format) = match request {
+        let started = Instant::now();
+        let (kind, url, format, tenant) = match request {
             Ok(Frame::Stream(j)) => {
                 record(&j.tenant, &j.request_id);
-                ("stream", j.url, Some(j.format))
+                ("stream", j.url, Some(j.format), j.tenant)
             }
             Ok(Frame::Resolve(j)) => {
                 record(&j.tenant, &j.request_id);
-                ("resolve", j.url, None)
+                ("resolve", j.url, None, j.tenant)
             }
             Ok(Frame::Cancel) | Err(ProtocolError::Closed { .. }) => return,
             Ok(other) => {
@@ -254,7 +274,13 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         tracing::Span::current().record("kind", kind);
         let (mut tx, mut rx) = conn.split();
         let job = async {
-            let outcome = run_job(&shared, &url, format.as_deref(), &mut tx, &mut rx).await;
+            let job = Job {
+                url: &url,
+                format: format.as_deref(),
+                tenant: tenant.as_deref(),
+                started,
+            };
+            let outcome = run_job(&shared, job, &mut tx, &mut rx).await;
             match outcome {
                 Outcome::Done { bytes } => info!(bytes, "job done"),
                 Outcome::Failed { code, bytes } => info!(%code, bytes, "job failed"),
@@ -298,14 +324,23 @@ async fn protocol_error(conn: &mut Connection<UnixStream>, err: ProtocolError) {
         .await;
 }
 
-/// Refuses bad input, waits for a slot, spawns yt-dlp and hands over to the job.
-async fn run_job(
-    shared: &Shared,
-    url: &str,
-    format: Option<&str>,
-    tx: &mut Tx,
-    rx: &mut Rx,
-) -> Outcome {
+/// What a client asked for.
+struct Job<'a> {
+    url: &'a str,
+    format: Option<&'a str>,
+    tenant: Option<&'a str>,
+    started: Instant,
+}
+
+/// Refuses bad input, waits for a slot, starts yt-dlp (pool worker or spawned) and hands
+/// over to the job.
+async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Outcome {
+    let Job {
+        url,
+        format,
+        tenant,
+        started,
+    } = job;
     if let Some(reason) = bad_input(url, format) {
         return job::fail(tx, JobError::new(reason.0, reason.1), 0).await;
     }
@@ -314,22 +349,64 @@ async fn run_job(
         Slot::Busy(msg) => return job::fail(tx, JobError::new(ErrorCode::Busy, msg), 0).await,
         Slot::PeerLeft => return Outcome::Cancelled { bytes: 0 },
     };
+    let cached = format.and_then(|_| shared.cache.get(tenant, url));
+    if let Some(json) = &cached {
+        debug!(bytes = json.len(), "extraction cache hit");
+    }
     let args = match format {
-        Some(f) => shared.ytdlp.stream_args(url, f),
+        Some(f) => shared.ytdlp.stream_args(url, f, cached.is_some()),
         None => shared.ytdlp.resolve_args(url),
     };
-    let proc = match shared.ytdlp.spawn(args, format.is_some()) {
+    let started_proc = match start(shared, args, format.is_some(), cached.as_ref()).await {
         Ok(p) => p,
         Err(e) => {
             error!("{e}");
             return job::fail(tx, JobError::new(ErrorCode::Internal, e.to_string()), 0).await;
         }
     };
-    tracing::Span::current().record("pgid", proc.pgid());
+    let span = tracing::Span::current();
+    span.record("pgid", started_proc.pgid());
+    debug!(
+        ms = job::ms(started),
+        pooled = started_proc.pooled(),
+        cached = cached.is_some(),
+        "job started"
+    );
     match format {
-        Some(_) => job::run(shared, proc, tx, rx).await,
-        None => resolve::run(shared, proc, tx, rx).await,
+        Some(_) => job::run(shared, started_proc, started, tx, rx).await,
+        None => resolve::run(shared, started_proc, (tenant, url), tx, rx).await,
     }
+}
+
+/// A pool worker if the pool takes the job, else a spawned yt-dlp. A cached info JSON is
+/// fed through a fresh pipe for each attempt.
+async fn start(
+    shared: &Shared,
+    args: Vec<std::ffi::OsString>,
+    meta: bool,
+    cached: Option<&bytes::Bytes>,
+) -> Result<crate::proc::Proc, Error> {
+    if let Some(pool) = &shared.pool
+        && let Some(proc) = pool.run(&args, meta, info_pipe(cached)?).await
+    {
+        return proc;
+    }
+    shared.ytdlp.spawn(args, meta, info_pipe(cached)?)
+}
+
+/// A pipe whose read end yt-dlp gets as fd 4; a task writes the JSON and closes it.
+fn info_pipe(json: Option<&bytes::Bytes>) -> Result<Option<std::os::fd::OwnedFd>, Error> {
+    let Some(json) = json.cloned() else {
+        return Ok(None);
+    };
+    let (rx, tx) = crate::proc::pipe()?;
+    let tx = tokio::net::unix::pipe::Sender::from_owned_fd(tx).map_err(Error::Spawn)?;
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        let mut tx = tx;
+        let _ = tokio::time::timeout(Duration::from_secs(60), tx.write_all(&json)).await;
+    });
+    Ok(Some(rx))
 }
 
 /// Input yt-dlp must never see. `--` already stops option parsing; this is the second lock.

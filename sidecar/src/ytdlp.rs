@@ -2,21 +2,15 @@
 //! group (so yt-dlp and any ffmpeg it starts die together) and the pipes the job reads.
 
 use std::ffi::OsString;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::Duration;
 
-use nix::sys::signal::{Signal, killpg};
-use nix::sys::wait::waitpid;
-use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::unix::pipe;
-use tokio::process::{Child, ChildStdout, Command};
-use tokio::sync::oneshot;
+use tokio::process::Command;
 
 use crate::Error;
+use crate::proc::{Ends, Leader, Proc, job_pipes, raw};
 
 /// Where yt-dlp's `before_dl` info line is written: an extra pipe, not a file.
 const META_FD: i32 = 3;
@@ -34,8 +28,12 @@ pub const STREAM_DOWNLOADERS: &[&str] = &[
     "--downloader-args",
     "ffmpeg_o:-movflags +frag_keyframe+empty_moov",
 ];
-/// Stderr kept per job: yt-dlp's errors come last, so the tail is what matters.
-const STDERR_KEEP: usize = 64 * 1024;
+/// Where a cached info JSON is read from (`--load-info-json`): a pipe, not a file.
+pub(crate) const INFO_FD: i32 = 4;
+/// Only protocols whose bytes reach stdout without a file: yt-dlp's own downloaders for
+/// ism, f4m, dash generators, websocket fragments, … write every fragment to the cwd.
+/// A format with any other protocol is rejected before its download starts (exit 101).
+const PROTOCOLS: &str = "protocol~='^(https?|m3u8(_native)?|http_dash_segments)(\\+(https?|m3u8(_native)?|http_dash_segments))*$'";
 
 /// The path the architecture promises: `<repo>/.venv/bin/yt-dlp`, the repo found above this
 /// executable (`<repo>/target/release/…`); else `yt-dlp` from PATH.
@@ -105,8 +103,9 @@ impl YtDlp {
         args
     }
 
-    /// `yt-dlp … -o - -f FORMAT --print-to-file before_dl:… /dev/fd/3 -- URL`.
-    pub fn stream_args(&self, url: &str, format: &str) -> Vec<OsString> {
+    /// `yt-dlp … -o - -f FORMAT --print-to-file before_dl:… /dev/fd/3 -- URL`; with
+    /// `cached`, the info JSON comes from fd 4 instead of an extraction of the URL.
+    pub fn stream_args(&self, url: &str, format: &str, cached: bool) -> Vec<OsString> {
         let mut args = self.base_args();
         for arg in ["--no-part", "-q", "--no-progress"]
             .iter()
@@ -114,14 +113,19 @@ impl YtDlp {
         {
             args.push(arg.into());
         }
-        for arg in ["-o", "-", "-f", format] {
+        for arg in ["--break-match-filters", PROTOCOLS, "-o", "-", "-f", format] {
             args.push(arg.into());
         }
         args.push("--print-to-file".into());
         args.push(META_TEMPLATE.into());
         args.push(format!("/dev/fd/{META_FD}").into());
-        args.push("--".into());
-        args.push(url.into());
+        if cached {
+            args.push("--load-info-json".into());
+            args.push(format!("/dev/fd/{INFO_FD}").into());
+        } else {
+            args.push("--".into());
+            args.push(url.into());
+        }
         args
     }
 
@@ -166,28 +170,69 @@ impl YtDlp {
         cmd
     }
 
-    /// Starts one job's process in a new process group. `with_meta` adds the fd-3 pipe.
-    pub fn spawn(&self, args: Vec<OsString>, with_meta: bool) -> Result<Proc, Error> {
-        let (err_rx, err_tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io)?;
+    /// The environment every job gets (also the pool's).
+    pub(crate) fn env(&self) -> &[(OsString, OsString)] {
+        &self.env
+    }
+
+    /// The jobs' cwd.
+    pub(crate) fn work_dir(&self) -> &Path {
+        &self.work_dir
+    }
+
+    /// The ffmpeg location, if set.
+    pub(crate) fn ffmpeg(&self) -> Option<&Path> {
+        self.ffmpeg.as_deref()
+    }
+
+    /// The interpreter of a Python yt-dlp (its `#!` line), for the pool.
+    pub fn python(&self) -> Option<PathBuf> {
+        let head = std::fs::read(&self.path).ok()?;
+        let line = head.split(|b| *b == b'\n').next()?;
+        let interp = std::str::from_utf8(line.strip_prefix(b"#!")?).ok()?.trim();
+        let interp = PathBuf::from(interp.split_whitespace().next()?);
+        let name = interp.file_name()?.to_str()?;
+        (name.starts_with("python") && interp.is_file()).then_some(interp)
+    }
+
+    /// Starts one job's process in a new process group. `with_meta` adds the fd-3 pipe;
+    /// `info` (a pipe's read end) becomes fd 4.
+    pub fn spawn(
+        &self,
+        args: Vec<OsString>,
+        with_meta: bool,
+        info: Option<OwnedFd>,
+    ) -> Result<Proc, Error> {
+        let (ours, theirs) = job_pipes(with_meta)?;
+        let Ends {
+            stdout,
+            stderr,
+            meta,
+        } = theirs;
         let mut cmd = self.command();
         cmd.args(&args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(err_tx))
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr))
             .process_group(0);
-        let meta = if with_meta {
-            let (rx, tx) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io)?;
-            Some((rx, tx))
-        } else {
-            None
-        };
-        let meta_tx = meta.as_ref().map(|(_, tx)| tx.as_raw_fd());
+        let moves = [(raw(&meta), META_FD), (raw(&info), INFO_FD)];
         // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
         unsafe {
             cmd.pre_exec(move || {
-                if let Some(fd) = meta_tx {
-                    if fd == META_FD {
-                        libc::fcntl(fd, libc::F_SETFD, 0);
-                    } else if libc::dup2(fd, META_FD) < 0 {
+                // Copies above 10 first, so no source is clobbered by another's dup2.
+                let mut high = [None; 2];
+                for (slot, (fd, _)) in high.iter_mut().zip(moves) {
+                    if let Some(fd) = fd {
+                        let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
+                        if copy < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                        *slot = Some(copy);
+                    }
+                }
+                for (fd, (_, target)) in high.into_iter().zip(moves) {
+                    if let Some(fd) = fd
+                        && libc::dup2(fd, target) < 0
+                    {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -196,172 +241,9 @@ impl YtDlp {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().map_err(Error::Spawn)?;
+        let child = cmd.spawn().map_err(Error::Spawn)?;
         drop(cmd); // closes our copies of the write ends, so the readers see EOF at exit
-        let pgid = Pid::from_raw(
-            child
-                .id()
-                .map(|id| id as i32)
-                .ok_or_else(|| io(nix::Error::ESRCH))?,
-        );
-        let stdout = child.stdout.take();
-        let stderr = StderrLog::start(err_rx)?;
-        let meta = match meta {
-            Some((rx, tx)) => {
-                drop(tx);
-                Some(read_meta_line(rx)?)
-            }
-            None => None,
-        };
-        Ok(Proc {
-            child,
-            pgid,
-            stdout,
-            stderr,
-            meta,
-            reaped: false,
-        })
-    }
-}
-
-fn io(e: nix::Error) -> Error {
-    Error::Spawn(std::io::Error::from(e))
-}
-
-/// Reads the first line yt-dlp prints on fd 3 (bounded), in the background.
-fn read_meta_line(rx: OwnedFd) -> Result<oneshot::Receiver<Option<Vec<u8>>>, Error> {
-    let rx = pipe::Receiver::from_owned_fd(rx).map_err(Error::Spawn)?;
-    let (tx, out) = oneshot::channel();
-    tokio::spawn(async move {
-        let mut line = Vec::new();
-        let mut reader = BufReader::new(rx).take(1024 * 1024);
-        let got = reader
-            .read_until(b'\n', &mut line)
-            .await
-            .ok()
-            .filter(|n| *n > 0);
-        let _ = tx.send(got.map(|_| line));
-        // Keep draining so yt-dlp never blocks on a full pipe.
-        let _ = tokio::io::copy(
-            &mut reader.into_inner().into_inner(),
-            &mut tokio::io::sink(),
-        )
-        .await;
-    });
-    Ok(out)
-}
-
-/// yt-dlp's stderr, drained continuously (a full pipe would block yt-dlp and ffmpeg) and
-/// also on demand: [`StderrLog::catch_up`] reads whatever is already in the pipe, so
-/// anything written before a given stdout byte is seen before that byte is relayed.
-pub struct StderrLog {
-    rx: pipe::Receiver,
-    text: Mutex<Vec<u8>>,
-}
-
-impl StderrLog {
-    fn start(rx: OwnedFd) -> Result<Arc<Self>, Error> {
-        let rx = pipe::Receiver::from_owned_fd(rx).map_err(Error::Spawn)?;
-        let log = Arc::new(StderrLog {
-            rx,
-            text: Mutex::new(Vec::new()),
-        });
-        let bg = Arc::clone(&log);
-        tokio::spawn(async move {
-            while bg.rx.readable().await.is_ok() {
-                if bg.catch_up() {
-                    break;
-                }
-            }
-        });
-        Ok(log)
-    }
-
-    /// Reads what is in the pipe now, without waiting. Returns true at end of stream.
-    pub fn catch_up(&self) -> bool {
-        let mut text = self.text.lock().unwrap_or_else(|e| e.into_inner());
-        let mut buf = [0u8; 8192];
-        loop {
-            match self.rx.try_read(&mut buf) {
-                Ok(0) => return true,
-                Ok(n) => {
-                    text.extend_from_slice(&buf[..n]);
-                    if text.len() > STDERR_KEEP {
-                        let cut = text.len() - STDERR_KEEP;
-                        text.drain(..cut);
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => return true,
-            }
-        }
-    }
-
-    /// The text so far (lossy UTF-8).
-    pub fn text(&self) -> String {
-        let text = self.text.lock().unwrap_or_else(|e| e.into_inner());
-        String::from_utf8_lossy(&text).into_owned()
-    }
-}
-
-/// One running yt-dlp and its process group.
-pub struct Proc {
-    child: Child,
-    pgid: Pid,
-    /// Media bytes (stream) or the info JSON (resolve).
-    pub stdout: Option<ChildStdout>,
-    /// Everything yt-dlp and ffmpeg say on stderr.
-    pub stderr: Arc<StderrLog>,
-    /// The `before_dl` info line, once yt-dlp has printed it (stream jobs).
-    pub meta: Option<oneshot::Receiver<Option<Vec<u8>>>>,
-    reaped: bool,
-}
-
-impl Proc {
-    /// The process group id (= yt-dlp's pid), for logs.
-    pub fn pgid(&self) -> i32 {
-        self.pgid.as_raw()
-    }
-
-    /// Waits for yt-dlp to exit on its own, up to `grace`; kills the group after that.
-    pub async fn wait(&mut self, grace: Duration) -> Option<ExitStatus> {
-        match tokio::time::timeout(grace, self.child.wait()).await {
-            Ok(status) => {
-                self.reaped = true;
-                status.ok()
-            }
-            Err(_) => {
-                self.kill().await;
-                None
-            }
-        }
-    }
-
-    /// SIGKILLs the whole group, reaps yt-dlp, then reaps any of its children that were
-    /// re-parented to the sidecar (it is a child subreaper), so nothing lingers as a zombie.
-    pub async fn kill(&mut self) {
-        self.kill_group();
-        let _ = self.child.wait().await;
-        self.reaped = true;
-        let pgid = self.pgid;
-        // Only after the leader is reaped: the group id cannot be reused while members live.
-        let _ = tokio::task::spawn_blocking(move || {
-            while waitpid(Pid::from_raw(-pgid.as_raw()), None).is_ok() {}
-        })
-        .await;
-    }
-
-    fn kill_group(&self) {
-        if !self.reaped {
-            let _ = killpg(self.pgid, Signal::SIGKILL);
-        }
-    }
-}
-
-impl Drop for Proc {
-    /// A job task that ends early (panic, abort) still takes its processes with it.
-    fn drop(&mut self) {
-        self.kill_group();
+        drop((meta, info));
+        Proc::new(Leader::Spawned(child), ours)
     }
 }

@@ -404,7 +404,7 @@ pub async fn seal_expired(gw: &Gateway, url: &str) -> String {
     tenant.token.seal(&tenant.id, &req).await.unwrap().unwrap()
 }
 
-/// A config file with three tenants: `main` (default), `other` (same key: its tokens must
+/// A config file with three tenants: `main` (`default_tenant`), `other` (same key: its tokens must
 /// still not open there) and `broken` (the test-misbehave token plugin).
 pub fn three_tenants(dir: &std::path::Path) -> std::path::PathBuf {
     let key = streamgate::plugin::builtin::xchacha_generate_key();
@@ -413,6 +413,7 @@ pub fn three_tenants(dir: &std::path::Path) -> std::path::PathBuf {
         r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#;
     let text = format!(
         r#"
+default_tenant = "main"
 [[tenant]]
 id = "main"
 token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}

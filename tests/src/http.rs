@@ -3,8 +3,10 @@
 //! Content-Length and then hangs, for stall-timeout tests. It runs on its own thread and
 //! runtime, so it outlives any one test's runtime and works from sync tests too.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
@@ -16,6 +18,7 @@ pub const STALL_AFTER: usize = 1024 * 1024;
 /// A running server; stops on drop.
 pub struct FixtureServer {
     addr: SocketAddr,
+    hits: Arc<Mutex<HashMap<String, usize>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -30,6 +33,8 @@ impl FixtureServer {
             .expect("nonblocking listener");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
+        let hits = Arc::new(Mutex::new(HashMap::new()));
+        let counter = Arc::clone(&hits);
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -41,7 +46,11 @@ impl FixtureServer {
                 let stall_dir = dir.clone();
                 let stall = warp::path!("stall" / String)
                     .map(move |name: String| stall_reply(&stall_dir, &name));
-                let routes = stall.or(warp::fs::dir(dir));
+                let count = warp::log::custom(move |info: warp::log::Info<'_>| {
+                    let mut hits = counter.lock().unwrap_or_else(|e| e.into_inner());
+                    *hits.entry(info.path().to_owned()).or_insert(0) += 1;
+                });
+                let routes = stall.or(warp::fs::dir(dir)).with(count);
                 warp::serve(routes)
                     .incoming(listener)
                     .graceful(async {
@@ -53,6 +62,7 @@ impl FixtureServer {
         });
         FixtureServer {
             addr,
+            hits,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -61,6 +71,12 @@ impl FixtureServer {
     /// `http://127.0.0.1:PORT/<path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}/{}", self.addr, path.trim_start_matches('/'))
+    }
+
+    /// Requests answered so far for `path` (e.g. `/progressive.mp4`), any method or status.
+    pub fn hits(&self, path: &str) -> usize {
+        let hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+        hits.get(path).copied().unwrap_or(0)
     }
 
     /// The bound address.

@@ -7,6 +7,7 @@
 //! - [`process`]: child processes killed on drop, live processes under a pid from `/proc`.
 //! - [`sidecar`]: a running `streamgate-sidecar` on a temp socket.
 //! - [`client`]: the protocol's client side: handshake, one job, every frame recorded.
+//! - [`redis`]: a throwaway `redis-server`, and the two-tenant configs of the limit tests.
 //! - [`watch`]: an inotify watch proving a directory was never written to.
 
 #![deny(missing_docs)]
@@ -17,6 +18,7 @@ pub mod gateway;
 pub mod http;
 pub mod paths;
 pub mod process;
+pub mod redis;
 pub mod sidecar;
 pub mod watch;
 

@@ -24,9 +24,16 @@ pub struct SidecarOptions {
     pub drain_timeout: Option<f64>,
     /// `--work-dir`; default: `work/` in the sidecar's temp dir.
     pub work_dir: Option<PathBuf>,
+    /// `Some(false)`: `--no-pool` (every job spawns yt-dlp); `None`: the sidecar's default
+    /// (the warm pool), unless `STREAMGATE_TEST_SIDECAR_POOL=0` says otherwise.
+    pub pool: Option<bool>,
     /// Further arguments, verbatim.
     pub extra: Vec<String>,
 }
+
+/// Comm names of the warm pool's own processes (`sidecar/python/forkserver.py`): always
+/// there, not jobs.
+pub const POOL_COMMS: &[&str] = &["sg-forkserver", "sg-idle"];
 
 /// A running sidecar.
 pub struct Sidecar {
@@ -69,6 +76,10 @@ impl Sidecar {
             if let Some(value) = value {
                 cmd.arg(flag).arg(value);
             }
+        }
+        let env_pool = std::env::var("STREAMGATE_TEST_SIDECAR_POOL").map(|v| v != "0");
+        if !opts.pool.or(env_pool.ok()).unwrap_or(true) {
+            cmd.arg("--no-pool");
         }
         cmd.args(&opts.extra)
             .env(
@@ -131,9 +142,19 @@ impl Sidecar {
         &mut self.child
     }
 
-    /// Every live (or zombie) process below the sidecar: its jobs' yt-dlp and ffmpeg.
+    /// Every live (or zombie) process below the sidecar: its jobs' yt-dlp and ffmpeg (the
+    /// warm pool's forkserver and idle workers are not jobs: see [`Sidecar::pool_processes`]).
     pub fn job_processes(&self) -> Vec<ProcInfo> {
-        descendants(self.pid())
+        let mut all = descendants(self.pid());
+        all.retain(|p| !POOL_COMMS.contains(&p.comm.as_str()));
+        all
+    }
+
+    /// The warm pool's forkserver and idle workers.
+    pub fn pool_processes(&self) -> Vec<ProcInfo> {
+        let mut all = descendants(self.pid());
+        all.retain(|p| POOL_COMMS.contains(&p.comm.as_str()));
+        all
     }
 
     /// Everything the sidecar logged so far (for assertion messages).
@@ -151,4 +172,23 @@ impl Sidecar {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// Each listed `async fn NAME(pool: bool)` runs twice, as `NAME::spawn` (`--no-pool`: a
+/// fresh yt-dlp per job) and `NAME::pool` (warm pool workers): same bytes, same codes.
+/// Needs tokio's multi-thread runtime in the test crate.
+#[macro_export]
+macro_rules! both_paths {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread")]
+            async fn spawn() {
+                super::$name(false).await
+            }
+            #[tokio::test(flavor = "multi_thread")]
+            async fn pool() {
+                super::$name(true).await
+            }
+        }
+    )*};
 }

@@ -14,9 +14,26 @@ fn server() -> &'static FixtureServer {
     SERVER.get_or_init(|| FixtureServer::start(fixtures()))
 }
 
-async fn sidecar() -> Sidecar {
-    Sidecar::start(SidecarOptions::default()).await
+async fn sidecar(pool: bool) -> Sidecar {
+    let opts = SidecarOptions {
+        pool: Some(pool),
+        ..Default::default()
+    };
+    Sidecar::start(opts).await
 }
+
+both_paths!(
+    progressive_mp4_is_relayed_byte_for_byte,
+    hls_is_mpeg_ts_and_matches_a_direct_run,
+    dash_video_plus_audio_is_merged_by_ffmpeg,
+    failures_get_their_code_and_no_data,
+    resolve_returns_trimmed_info,
+    cancel_or_close_kills_the_process_group_within_a_second,
+    twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving,
+    a_full_queue_answers_busy_at_once,
+    no_media_byte_touches_disk,
+    sigterm_stops_accepting_then_kills_after_the_drain_deadline,
+);
 
 /// A direct `yt-dlp -o -` run with the sidecar's downloader choice (ffmpeg for HLS and DASH:
 /// yt-dlp's own writes every fragment to disk first).
@@ -29,9 +46,8 @@ async fn direct(url: &str, format: &str) -> Vec<u8> {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn progressive_mp4_is_relayed_byte_for_byte() {
-    let sc = sidecar().await;
+async fn progressive_mp4_is_relayed_byte_for_byte(pool: bool) {
+    let sc = sidecar(pool).await;
     let url = server().url("progressive.mp4");
     let t = Client::stream(sc.socket(), &url, "b").await;
     t.assert_complete(&sc.logs(), "mp4", "video/mp4");
@@ -42,12 +58,13 @@ async fn progressive_mp4_is_relayed_byte_for_byte() {
         file,
         "a progressive download is the file itself"
     );
+    let pooled = sc.logs().contains("pool worker took the job");
+    assert_eq!(pooled, pool, "{}", sc.logs());
     eprintln!("progressive: {} bytes, sha256 {file}", t.data.len());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn hls_is_mpeg_ts_and_matches_a_direct_run() {
-    let sc = sidecar().await;
+async fn hls_is_mpeg_ts_and_matches_a_direct_run(pool: bool) {
+    let sc = sidecar(pool).await;
     let url = server().url("hls/index.m3u8");
     let t = Client::stream(sc.socket(), &url, "b").await;
     // yt-dlp says "mp4" for this format; the bytes are MPEG-TS.
@@ -61,9 +78,8 @@ async fn hls_is_mpeg_ts_and_matches_a_direct_run() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn dash_video_plus_audio_is_merged_by_ffmpeg() {
-    let sc = sidecar().await;
+async fn dash_video_plus_audio_is_merged_by_ffmpeg(pool: bool) {
+    let sc = sidecar(pool).await;
     let t = Client::stream(sc.socket(), &server().url("dash/manifest.mpd"), "bv+ba").await;
     t.assert_complete(&sc.logs(), "ts", "video/mp2t");
     let file = tempfile::NamedTempFile::new().unwrap();
@@ -78,9 +94,8 @@ async fn dash_video_plus_audio_is_merged_by_ffmpeg() {
     eprintln!("dash bv+ba: {} bytes, streams {streams:?}", t.data.len());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn failures_get_their_code_and_no_data() {
-    let sc = sidecar().await;
+async fn failures_get_their_code_and_no_data(pool: bool) {
+    let sc = sidecar(pool).await;
     let s = server();
     let cases = [
         (s.url("no-such-file.mp4"), "b", "not_found"),
@@ -116,9 +131,8 @@ async fn failures_get_their_code_and_no_data() {
     assert!(std::fs::read_dir(sc.work_dir()).unwrap().next().is_none());
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn resolve_returns_trimmed_info() {
-    let sc = sidecar().await;
+async fn resolve_returns_trimmed_info(pool: bool) {
+    let sc = sidecar(pool).await;
     let t = Client::resolve(sc.socket(), &server().url("dash/manifest.mpd")).await;
     assert_eq!(t.kinds, [kind::INFO], "{t:?}\n{}", sc.logs());
     let info = t.info.unwrap();
@@ -159,9 +173,8 @@ async fn merge_in_flight(sc: &Sidecar) -> Client {
     client
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn cancel_or_close_kills_the_process_group_within_a_second() {
-    let sc = sidecar().await;
+async fn cancel_or_close_kills_the_process_group_within_a_second(pool: bool) {
+    let sc = sidecar(pool).await;
     for how in ["cancel", "close"] {
         let mut client = merge_in_flight(&sc).await;
         let before = sc.job_processes();
@@ -183,11 +196,11 @@ async fn cancel_or_close_kills_the_process_group_within_a_second() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving() {
+async fn twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving(pool: bool) {
     let opts = SidecarOptions {
         max_jobs: Some(4),
         queue: Some(32),
+        pool: Some(pool),
         ..Default::default()
     };
     let sc = Sidecar::start(opts).await;
@@ -236,11 +249,11 @@ async fn twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving() 
     t.assert_complete(&sc.logs(), "mp4", "video/mp4");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_full_queue_answers_busy_at_once() {
+async fn a_full_queue_answers_busy_at_once(pool: bool) {
     let opts = SidecarOptions {
         max_jobs: Some(1),
         queue: Some(1),
+        pool: Some(pool),
         ..Default::default()
     };
     let sc = Sidecar::start(opts).await;
@@ -278,23 +291,8 @@ async fn collect(socket: std::path::PathBuf, url: String) -> Transcript {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_stalled_download_ends_with_timeout() {
-    let opts = SidecarOptions {
-        stall_timeout: Some(2.0),
-        ..Default::default()
-    };
-    let sc = Sidecar::start(opts).await;
-    let started = Instant::now();
-    let t = Client::stream(sc.socket(), &server().url("stall/progressive.mp4"), "b").await;
-    assert_eq!(t.error_code(), "timeout", "{:?}\n{}", t.error, sc.logs());
-    assert!(t.metadata_first() && t.data.len() <= streamgate_tests::http::STALL_AFTER);
-    assert!(started.elapsed() < Duration::from_secs(60));
-    assert!(wait_until(Duration::from_secs(2), || sc.job_processes().is_empty()).await);
-}
-
-#[tokio::test(flavor = "multi_thread")]
 async fn hostile_bytes_get_a_protocol_error_and_no_big_allocation() {
-    let sc = sidecar().await;
+    let sc = sidecar(true).await;
     let rss_before = sc.rss_kib();
     let mut cases: Vec<(String, Vec<u8>)> = vec![
         (
@@ -362,9 +360,8 @@ async fn hostile_bytes_get_a_protocol_error_and_no_big_allocation() {
     assert_eq!(t.kinds, [kind::INFO], "still serving: {t:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn no_media_byte_touches_disk() {
-    let sc = sidecar().await;
+async fn no_media_byte_touches_disk(pool: bool) {
+    let sc = sidecar(pool).await;
     let work = sc.work_dir().to_owned();
     // Any file or directory created, written or moved in, even briefly, is an event.
     let watch = DirWatch::new(&work).unwrap();
@@ -410,10 +407,10 @@ async fn no_media_byte_touches_disk() {
     assert!(left.is_empty(), "left in the work dir: {left:?}");
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_stops_accepting_then_kills_after_the_drain_deadline() {
+async fn sigterm_stops_accepting_then_kills_after_the_drain_deadline(pool: bool) {
     let opts = SidecarOptions {
         drain_timeout: Some(2.0),
+        pool: Some(pool),
         ..Default::default()
     };
     let mut sc = Sidecar::start(opts).await;

@@ -1,0 +1,318 @@
+//! Per-tenant limits: concurrent streams (per tenant, per client address within a tenant)
+//! and resolves per minute. Counters live in this process ([`memory`]) or, with
+//! `[limits] redis_url`, in Redis ([`redis`]) so that every replica shares them.
+//!
+//! A stream holds a [`StreamSlot`] for as long as its body lives; dropping it releases the
+//! slot. In Redis a slot also carries an expiry refreshed by a heartbeat, so the slots of a
+//! replica that dies free themselves.
+
+mod memory;
+mod redis;
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Seconds a client is told to wait when a concurrency limit is reached: slots free when
+/// some stream ends, which cannot be predicted; a short wait keeps clients polite.
+pub const STREAM_RETRY_AFTER_SECS: u32 = 5;
+
+/// `resolves_per_minute` counts in fixed windows that start with a tenant's first resolve
+/// (one `INCR` + `EXPIRE` in Redis); `Retry-After` is what is left of the window.
+pub(crate) const RESOLVE_WINDOW: Duration = Duration::from_secs(60);
+
+/// A tenant's `limits` table; every limit is optional (unset = unlimited).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TenantLimits {
+    /// Concurrent streams of the tenant, across every replica sharing the counters.
+    pub max_streams: Option<u32>,
+    /// Concurrent streams of one client address (IP, any port) within the tenant.
+    pub max_streams_per_client: Option<u32>,
+    /// `POST /v1/resolve` calls per minute (a window opened by the first one).
+    pub resolves_per_minute: Option<u32>,
+}
+
+/// The top-level `[limits]` table: where counters live and what a backend failure means.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// `redis://host:port/db`; unset: counters in memory, per process.
+    #[serde(default)]
+    pub redis_url: Option<String>,
+    #[serde(default)]
+    pub on_limiter_error: OnLimiterError,
+    /// Seconds a Redis slot outlives its last heartbeat (a dead replica's slots free then).
+    #[serde(default = "default_slot_ttl")]
+    pub slot_ttl_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            redis_url: None,
+            on_limiter_error: OnLimiterError::default(),
+            slot_ttl_secs: default_slot_ttl(),
+        }
+    }
+}
+
+fn default_slot_ttl() -> u64 {
+    30
+}
+
+/// What to do when the counters cannot be reached: refuse (503) or let the request through.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OnLimiterError {
+    #[default]
+    Deny,
+    Allow,
+}
+
+impl OnLimiterError {
+    fn as_str(self) -> &'static str {
+        match self {
+            OnLimiterError::Deny => "deny",
+            OnLimiterError::Allow => "allow",
+        }
+    }
+}
+
+/// Which limit refused a request (also the `limit` label of the rejection metric).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    MaxStreams,
+    MaxStreamsPerClient,
+    ResolvesPerMinute,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::MaxStreams => "max_streams",
+            Limit::MaxStreamsPerClient => "max_streams_per_client",
+            Limit::ResolvesPerMinute => "resolves_per_minute",
+        }
+    }
+}
+
+/// Why the limiter refused; `error::GatewayError::Limit` turns it into 429 or 503.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitError {
+    #[error("tenant {tenant:?} reached its {} limit", .limit.as_str())]
+    Limited {
+        tenant: String,
+        limit: Limit,
+        retry_after_secs: u32,
+    },
+    #[error("the limiter's backend failed: {0}")]
+    Unavailable(String),
+}
+
+/// A backend failure, before `on_limiter_error` decides what it means.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct BackendError(String);
+
+/// Held by a running stream; dropping it gives the slot back.
+pub struct StreamSlot {
+    _release: Option<Box<dyn Send + Sync>>,
+}
+
+impl StreamSlot {
+    /// A slot that holds nothing (no limit set, or the backend failed and `allow` said so).
+    pub fn unlimited() -> Self {
+        StreamSlot { _release: None }
+    }
+
+    pub(crate) fn holding(release: impl Send + Sync + 'static) -> Self {
+        StreamSlot {
+            _release: Some(Box::new(release)),
+        }
+    }
+}
+
+/// The concurrency keys a stream takes and the limit of each.
+pub(crate) struct SlotRequest {
+    pub tenant: Option<(String, u32)>,
+    pub client: Option<(String, u32)>,
+}
+
+enum Backend {
+    Memory(memory::MemoryCounters),
+    Redis(redis::RedisCounters),
+}
+
+/// The limits of every tenant and the counters; survives config reloads ([`Limiter::reload`]).
+#[derive(Clone)]
+pub struct Limiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    backend: Backend,
+    on_error: OnLimiterError,
+    limits: ArcSwap<HashMap<String, TenantLimits>>,
+    metrics: Metrics,
+}
+
+impl Limiter {
+    /// The backend is chosen once (by `[limits] redis_url`); Redis is connected lazily, so a
+    /// gateway starts even while Redis is down.
+    pub fn new(config: &Config, metrics: Metrics) -> Result<Limiter, crate::config::ConfigError> {
+        let backend = match &config.limits.redis_url {
+            Some(url) => {
+                let ttl = Duration::from_secs(config.limits.slot_ttl_secs);
+                Backend::Redis(redis::RedisCounters::new(url, ttl)?)
+            }
+            None => Backend::Memory(memory::MemoryCounters::default()),
+        };
+        Ok(Limiter {
+            inner: Arc::new(Inner {
+                backend,
+                on_error: config.limits.on_limiter_error,
+                limits: ArcSwap::from_pointee(tenant_limits(config)),
+                metrics,
+            }),
+        })
+    }
+
+    /// Takes the tenants' limits from a new config; counters and held slots carry over.
+    /// (`[limits]` itself — backend, policy — needs a restart.)
+    pub fn reload(&self, config: &Config) {
+        self.inner.limits.store(Arc::new(tenant_limits(config)));
+    }
+
+    fn limits(&self, tenant: &str) -> TenantLimits {
+        self.inner
+            .limits
+            .load()
+            .get(tenant)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// One more stream for `tenant` from `client`, or the limit it would break.
+    pub async fn acquire_stream(
+        &self,
+        tenant: &str,
+        client: Option<IpAddr>,
+    ) -> Result<StreamSlot, LimitError> {
+        let limits = self.limits(tenant);
+        let request = SlotRequest {
+            tenant: limits.max_streams.map(|n| (tenant.to_owned(), n)),
+            client: match (limits.max_streams_per_client, client) {
+                (Some(n), Some(ip)) => Some((format!("{tenant}\u{0}{ip}"), n)),
+                _ => None,
+            },
+        };
+        if request.tenant.is_none() && request.client.is_none() {
+            return Ok(StreamSlot::unlimited());
+        }
+        let result = match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.acquire(request)),
+            Backend::Redis(r) => r.acquire(request).await,
+        };
+        match result {
+            Ok(Ok(slot)) => Ok(slot),
+            Ok(Err(limit)) => Err(self.limited(tenant, limit, STREAM_RETRY_AFTER_SECS)),
+            Err(e) => self.backend_failed(e).map(|()| StreamSlot::unlimited()),
+        }
+    }
+
+    /// Counts one resolve of `tenant`; refuses past `resolves_per_minute`.
+    pub async fn check_resolve(&self, tenant: &str) -> Result<(), LimitError> {
+        let Some(limit) = self.limits(tenant).resolves_per_minute else {
+            return Ok(());
+        };
+        let result = match &self.inner.backend {
+            Backend::Memory(m) => Ok(m.count_resolve(tenant, limit)),
+            Backend::Redis(r) => r.count_resolve(tenant, limit).await,
+        };
+        match result {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => Err(self.limited(tenant, Limit::ResolvesPerMinute, wait)),
+            Err(e) => self.backend_failed(e),
+        }
+    }
+
+    fn limited(&self, tenant: &str, limit: Limit, retry_after_secs: u32) -> LimitError {
+        self.inner.metrics.limiter_rejection(tenant, limit.as_str());
+        LimitError::Limited {
+            tenant: tenant.to_owned(),
+            limit,
+            retry_after_secs,
+        }
+    }
+
+    /// Applies `on_limiter_error`, and says so in the log and the metrics.
+    fn backend_failed(&self, e: BackendError) -> Result<(), LimitError> {
+        let decision = self.inner.on_error;
+        tracing::warn!(error = %e, decision = decision.as_str(), "limiter backend failed");
+        self.inner.metrics.limiter_error(decision.as_str());
+        match decision {
+            OnLimiterError::Deny => Err(LimitError::Unavailable(e.0)),
+            OnLimiterError::Allow => Ok(()),
+        }
+    }
+}
+
+fn tenant_limits(config: &Config) -> HashMap<String, TenantLimits> {
+    let all = config.tenants.iter();
+    all.map(|t| (t.id.clone(), t.limits.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+        [[tenant]]
+        id = "a"
+        token = { builtin = "token-xchacha" }
+        policy = { builtin = "policy-allowlist" }
+        limits = { max_streams = 3 }
+    "#;
+
+    fn parse(global: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(&format!("{global}\n{BASE}")).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    #[test]
+    fn limits_tables_parse_with_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.limits, LimitsConfig::default());
+        assert_eq!(c.limits.on_limiter_error, OnLimiterError::Deny);
+        assert_eq!(c.tenants[0].limits.max_streams, Some(3));
+        assert_eq!(c.tenants[0].limits.resolves_per_minute, None);
+        let c =
+            parse("[limits]\nredis_url = \"redis://127.0.0.1:1/\"\non_limiter_error = \"allow\"")
+                .unwrap();
+        assert_eq!(c.limits.on_limiter_error, OnLimiterError::Allow);
+        assert_eq!(c.limits.slot_ttl_secs, 30);
+    }
+
+    #[test]
+    fn bad_limits_are_refused() {
+        for bad in [
+            "[limits]\non_limiter_error = \"maybe\"",
+            "[limits]\nslot_ttl = 5",
+            "[limits]\nslot_ttl_secs = 1",
+            "[limits]\nredis_url = \"http://x\"",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let typo = BASE.replace("max_streams", "max_stream");
+        assert!(toml::from_str::<Config>(&typo).is_err());
+    }
+}

@@ -1,0 +1,343 @@
+//! `/metrics`: Prometheus counters, gauges and histograms (the `prometheus-client` crate,
+//! OpenMetrics text). Labels are tenant ids, status codes, plugin names and error codes, all
+//! bounded by the configuration; requests that reach no tenant route count under
+//! [`NO_TENANT`] so a scan of random paths cannot grow the label set.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures::Stream;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::limits::StreamSlot;
+use crate::plugin::PluginError;
+use crate::relay::RelayError;
+
+/// Tenant label of requests that matched no tenant route (404s, `/healthz`, `/metrics`).
+pub const NO_TENANT: &str = "-";
+
+/// What `/metrics` answers with.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    tenant: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabel {
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CodeLabel {
+    code: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PluginLabel {
+    plugin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    tenant: String,
+    limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabel {
+    decision: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric family; cheap to clone (one `Arc`), shared by handlers, bodies and the limiter.
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    active_streams: Family<TenantLabel, Gauge>,
+    bytes_sent: Family<TenantLabel, Counter>,
+    first_byte: HistogramFamily<TenantLabel>,
+    sidecar_jobs: Family<KindLabel, Counter>,
+    sidecar_errors: Family<CodeLabel, Counter>,
+    plugin_calls: Family<PluginLabel, Counter>,
+    plugin_failures: Family<PluginLabel, Counter>,
+    plugin_latency: HistogramFamily<PluginLabel>,
+    limiter_rejections: Family<LimitLabels, Counter>,
+    limiter_errors: Family<DecisionLabel, Counter>,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms … ~16 s: plugin calls sit at the low end, first bytes of slow extractions high.
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("streamgate");
+        let inner = Inner {
+            requests: Family::default(),
+            active_streams: Family::default(),
+            bytes_sent: Family::default(),
+            first_byte: Family::new_with_constructor(latency_histogram),
+            sidecar_jobs: Family::default(),
+            sidecar_errors: Family::default(),
+            plugin_calls: Family::default(),
+            plugin_failures: Family::default(),
+            plugin_latency: Family::new_with_constructor(latency_histogram),
+            limiter_rejections: Family::default(),
+            limiter_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "http_requests",
+            "Requests by tenant and status",
+            inner.requests.clone(),
+        );
+        let active = inner.active_streams.clone();
+        r.register("active_streams", "Media bodies relaying now", active);
+        r.register(
+            "bytes_sent",
+            "Media bytes relayed",
+            inner.bytes_sent.clone(),
+        );
+        let ttfb = inner.first_byte.clone();
+        r.register(
+            "time_to_first_byte_seconds",
+            "Request to first media byte",
+            ttfb,
+        );
+        let jobs = inner.sidecar_jobs.clone();
+        r.register("sidecar_jobs", "Jobs started on the sidecar by kind", jobs);
+        let errs = inner.sidecar_errors.clone();
+        r.register("sidecar_errors", "Sidecar job errors by code", errs);
+        r.register(
+            "plugin_calls",
+            "Plugin calls by plugin",
+            inner.plugin_calls.clone(),
+        );
+        let fails = inner.plugin_failures.clone();
+        r.register("plugin_failures", "Plugin traps, deadlines, memory", fails);
+        let lat = inner.plugin_latency.clone();
+        r.register("plugin_latency_seconds", "Plugin call latency", lat);
+        let rej = inner.limiter_rejections.clone();
+        r.register("limiter_rejections", "Requests refused by a limit", rej);
+        let lim = inner.limiter_errors.clone();
+        r.register(
+            "limiter_errors",
+            "Limiter backend failures by decision",
+            lim,
+        );
+        Metrics {
+            inner: Arc::new(Inner { registry, ..inner }),
+        }
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.inner.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// One answered request; `tenant` is [`NO_TENANT`] outside the tenant routes.
+    pub fn request(&self, tenant: &str, status: u16) {
+        let labels = RequestLabels {
+            tenant: tenant.to_owned(),
+            status,
+        };
+        self.inner.requests.get_or_create(&labels).inc();
+    }
+
+    /// A job started on the sidecar (`stream` or `resolve`).
+    pub fn sidecar_job(&self, kind: &str) {
+        let kind = kind.to_owned();
+        self.inner
+            .sidecar_jobs
+            .get_or_create(&KindLabel { kind })
+            .inc();
+    }
+
+    /// A job the sidecar failed, before or after its first byte.
+    pub fn sidecar_error(&self, code: &str) {
+        let code = code.to_owned();
+        self.inner
+            .sidecar_errors
+            .get_or_create(&CodeLabel { code })
+            .inc();
+    }
+
+    /// Times one plugin call; a `PluginError` (not a denial) counts as a failure.
+    pub async fn plugin_call<T>(
+        &self,
+        plugin: &str,
+        call: impl Future<Output = Result<T, PluginError>>,
+    ) -> Result<T, PluginError> {
+        let started = Instant::now();
+        let result = call.await;
+        let label = PluginLabel {
+            plugin: plugin.to_owned(),
+        };
+        let inner = &self.inner;
+        inner.plugin_calls.get_or_create(&label).inc();
+        let secs = started.elapsed().as_secs_f64();
+        inner.plugin_latency.get_or_create(&label).observe(secs);
+        if result.is_err() {
+            inner.plugin_failures.get_or_create(&label).inc();
+        }
+        result
+    }
+
+    /// A request refused by `limit` (`max_streams`, `max_streams_per_client`, …).
+    pub fn limiter_rejection(&self, tenant: &str, limit: &str) {
+        let labels = LimitLabels {
+            tenant: tenant.to_owned(),
+            limit: limit.to_owned(),
+        };
+        self.inner.limiter_rejections.get_or_create(&labels).inc();
+    }
+
+    /// The limiter's backend failed and the request was `deny`-ed or `allow`-ed.
+    pub fn limiter_error(&self, decision: &str) {
+        let decision = decision.to_owned();
+        let labels = DecisionLabel { decision };
+        self.inner.limiter_errors.get_or_create(&labels).inc();
+    }
+}
+
+/// A media body with its bookkeeping: bytes and first byte counted, the active gauge held,
+/// sidecar errors counted, and the limiter's slot released when the body drops (however
+/// the stream ends: complete, failed, client gone, aborted by the drain).
+pub struct MeteredBody<S> {
+    inner: S,
+    tenant: String,
+    metrics: Metrics,
+    started: Instant,
+    first_byte_seen: bool,
+    _slot: StreamSlot,
+}
+
+impl<S> MeteredBody<S> {
+    /// `started`: when the request arrived (the time-to-first-byte origin).
+    pub fn new(
+        inner: S,
+        tenant: &str,
+        metrics: Metrics,
+        started: Instant,
+        slot: StreamSlot,
+    ) -> Self {
+        let label = TenantLabel {
+            tenant: tenant.to_owned(),
+        };
+        metrics.inner.active_streams.get_or_create(&label).inc();
+        MeteredBody {
+            inner,
+            tenant: tenant.to_owned(),
+            metrics,
+            started,
+            first_byte_seen: false,
+            _slot: slot,
+        }
+    }
+
+    fn label(&self) -> TenantLabel {
+        TenantLabel {
+            tenant: self.tenant.clone(),
+        }
+    }
+}
+
+impl<S> Stream for MeteredBody<S>
+where
+    S: Stream<Item = Result<Bytes, RelayError>> + Unpin,
+{
+    type Item = Result<Bytes, RelayError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let item = std::task::ready!(Pin::new(&mut self.inner).poll_next(cx));
+        match &item {
+            Some(Ok(bytes)) if !bytes.is_empty() => {
+                let label = self.label();
+                if !self.first_byte_seen {
+                    self.first_byte_seen = true;
+                    let secs = self.started.elapsed().as_secs_f64();
+                    self.metrics
+                        .inner
+                        .first_byte
+                        .get_or_create(&label)
+                        .observe(secs);
+                }
+                self.metrics
+                    .inner
+                    .bytes_sent
+                    .get_or_create(&label)
+                    .inc_by(bytes.len() as u64);
+            }
+            Some(Err(RelayError::Job(e))) => self.metrics.sidecar_error(e.code.as_str()),
+            _ => {}
+        }
+        Poll::Ready(item)
+    }
+}
+
+impl<S> Drop for MeteredBody<S> {
+    fn drop(&mut self) {
+        let label = self.label();
+        self.metrics
+            .inner
+            .active_streams
+            .get_or_create(&label)
+            .dec();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_appear_with_their_labels() {
+        let m = Metrics::new();
+        m.request("a", 200);
+        m.request("a", 200);
+        m.request(NO_TENANT, 404);
+        m.limiter_error("deny");
+        let text = m.encode();
+        assert!(
+            text.contains("streamgate_http_requests_total{tenant=\"a\",status=\"200\"} 2"),
+            "{text}"
+        );
+        assert!(text.contains("streamgate_http_requests_total{tenant=\"-\",status=\"404\"} 1"));
+        assert!(text.contains("streamgate_limiter_errors_total{decision=\"deny\"} 1"));
+        assert!(text.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,212 @@
+//! `POST /v1/resolve`: what a URL offers (title, duration, thumbnail, formats), each format
+//! with a ready link sealed for the tenant. The tenant's policy plugin decides whether the
+//! caller may ask at all (e.g. an API key), exactly as it does for streams.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use streamgate_protocol::{FormatInfo, ResolveJob};
+use tracing::Instrument;
+use warp::http::Method;
+use warp::{Filter, Rejection, Reply};
+
+use crate::error::{GatewayError, Problem};
+use crate::plugin::{PolicyDecision, StreamRequest};
+use crate::routes::{AppState, RequestParts, new_request_id, plugin_request, request_parts};
+use crate::tenant::Tenant;
+
+/// A resolve request is a URL and a selector; anything bigger is not one.
+pub const MAX_BODY_BYTES: u64 = 16 * 1024;
+
+/// Format selector checked by the policy (and linked as `stream_url`) when none is given.
+pub const DEFAULT_FORMAT: &str = "best";
+
+/// The JSON body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveBody {
+    url: String,
+    #[serde(default)]
+    format: Option<String>,
+}
+
+/// The answer: the media's facts, a link for the requested selector, and one per format.
+#[derive(Debug, Serialize)]
+struct ResolveAnswer {
+    title: Option<String>,
+    duration: Option<f64>,
+    thumbnail: Option<String>,
+    /// The requested selector (or `best`).
+    format: String,
+    /// Link for `format`: an absolute path, so it works behind any proxy or scheme.
+    stream_url: String,
+    /// Unix seconds after which every link of this answer is refused.
+    expires_at: u64,
+    formats: Vec<LinkedFormat>,
+}
+
+#[derive(Debug, Serialize)]
+struct LinkedFormat {
+    #[serde(flatten)]
+    info: FormatInfo,
+    stream_url: String,
+}
+
+/// The route; its failures are [`Problem`]s like every other route's.
+pub fn route(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
+    warp::path!("v1" / "resolve")
+        .and(warp::post())
+        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
+        .and(warp::body::bytes())
+        .and(request_parts())
+        .and(warp::any().map(move || state.clone()))
+        .and_then(handle)
+}
+
+async fn handle(
+    body: bytes::Bytes,
+    parts: RequestParts,
+    state: Arc<AppState>,
+) -> Result<warp::reply::Response, Rejection> {
+    let request_id = new_request_id();
+    let span = tracing::info_span!("resolve", request_id = %request_id);
+    let result = resolve(&body, parts, &state, &request_id)
+        .instrument(span)
+        .await;
+    result.map_err(|e| warp::reject::custom(Problem::new(e, &request_id)))
+}
+
+async fn resolve(
+    body: &[u8],
+    parts: RequestParts,
+    state: &AppState,
+    request_id: &str,
+) -> Result<warp::reply::Response, GatewayError> {
+    let body: ResolveBody =
+        serde_json::from_slice(body).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
+    if body.url.trim().is_empty() {
+        return Err(GatewayError::BadRequest("`url` is empty".into()));
+    }
+    let (tenant, info) = plugin_request(&Method::POST, parts, state)?;
+    let expires_at = unix_now() + tenant.default_ttl.as_secs();
+    let mut wanted = StreamRequest {
+        url: body.url,
+        format: body.format.unwrap_or_else(|| DEFAULT_FORMAT.to_owned()),
+        filename: None,
+        expires_at: Some(expires_at),
+    };
+    let policy = tenant.policy.name().to_owned();
+    let checked = tenant.policy.check(&info, &wanted);
+    let decision = state.metrics.plugin_call(&policy, checked).await;
+    let decision = decision.map_err(|source| GatewayError::Plugin {
+        plugin: policy.clone(),
+        source,
+    })?;
+    let forced_format = match decision {
+        PolicyDecision::Allow { format, filename } => {
+            wanted.filename = filename;
+            if let Some(f) = &format {
+                wanted.format.clone_from(f);
+            }
+            format
+        }
+        PolicyDecision::Deny(denial) => {
+            return Err(GatewayError::PolicyDenied {
+                plugin: policy,
+                denial,
+            });
+        }
+    };
+    // Counted once the policy allowed it: refusals cost no sidecar work, so no budget.
+    state.limiter.check_resolve(&tenant.id).await?;
+    tracing::info!(tenant = %tenant.id, url = %wanted.url, "resolve");
+    let job = ResolveJob {
+        url: wanted.url.clone(),
+        tenant: Some(tenant.id.clone()),
+        request_id: Some(request_id.to_owned()),
+    };
+    state.metrics.sidecar_job("resolve");
+    let media = state.sidecar.resolve(job).await;
+    if let Err(GatewayError::Job(e)) = &media {
+        state.metrics.sidecar_error(e.code.as_str());
+    }
+    let media = media?;
+    let stream_url = link(state, &tenant, &wanted).await?;
+    let mut formats = Vec::with_capacity(media.formats.len());
+    for info in media.formats {
+        // A format the policy forces replaces every choice; the stream re-checks anyway.
+        let format = forced_format.clone().unwrap_or_else(|| info.id.clone());
+        let request = StreamRequest {
+            format,
+            ..wanted.clone()
+        };
+        let stream_url = link(state, &tenant, &request).await?;
+        formats.push(LinkedFormat { info, stream_url });
+    }
+    let answer = ResolveAnswer {
+        title: media.title,
+        duration: media.duration,
+        thumbnail: media.thumbnail,
+        format: wanted.format,
+        stream_url,
+        expires_at,
+        formats,
+    };
+    let mut resp = warp::reply::json(&answer).into_response();
+    let headers = resp.headers_mut();
+    headers.insert("cache-control", "no-store".parse().expect("static"));
+    if let Ok(id) = request_id.parse() {
+        headers.insert("x-request-id", id);
+    }
+    Ok(resp)
+}
+
+/// `/v1/stream?data=TOKEN`, sealed by the tenant's token plugin.
+async fn link(
+    state: &AppState,
+    tenant: &Tenant,
+    request: &StreamRequest,
+) -> Result<String, GatewayError> {
+    let plugin = || tenant.token.name().to_owned();
+    let sealing = tenant.token.seal(&tenant.id, request);
+    let sealed = state
+        .metrics
+        .plugin_call(tenant.token.name(), sealing)
+        .await;
+    let token = sealed
+        .map_err(|source| GatewayError::Plugin {
+            plugin: plugin(),
+            source,
+        })?
+        .map_err(|reason| GatewayError::Seal {
+            plugin: plugin(),
+            reason,
+        })?;
+    let query: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("data", &token)
+        .finish();
+    Ok(format!("/v1/stream?{query}"))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_body_is_strict() {
+        let ok: ResolveBody = serde_json::from_str(r#"{"url":"https://x/y"}"#).unwrap();
+        assert_eq!((ok.url.as_str(), ok.format), ("https://x/y", None));
+        assert!(serde_json::from_str::<ResolveBody>(r#"{"url":"u","fromat":"b"}"#).is_err());
+        assert!(serde_json::from_str::<ResolveBody>(r#"{"format":"b"}"#).is_err());
+    }
+}

@@ -1,0 +1,146 @@
+//! A real `redis-server` (Debian's) on a free loopback port, with no persistence
+//! (`--save '' --appendonly no`), killed on drop; plus the gateway configs the limit and
+//! metrics tests share: two tenants on their own keys and hosts, with limits.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::process::ChildGuard;
+
+/// A running `redis-server`.
+pub struct RedisServer {
+    child: Option<ChildGuard>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it answers `PING`.
+    pub fn start() -> RedisServer {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("redis temp dir");
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = ChildGuard::spawn(cmd, "redis-server").expect("spawn redis-server");
+        let server = RedisServer {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !server.ping() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Whether it answers `PING` with `+PONG`.
+    pub fn ping(&self) -> bool {
+        self.command("PING").is_some_and(|r| r.starts_with("+PONG"))
+    }
+
+    /// Sends one inline command and returns the first reply read (raw RESP).
+    pub fn command(&self, line: &str) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+
+    /// Members of a sorted set (`ZCARD`), e.g. the slots of `streamgate:{a}:streams`.
+    pub fn zcard(&self, key: &str) -> i64 {
+        let reply = self.command(&format!("ZCARD {key}")).unwrap_or_default();
+        reply.trim().trim_start_matches(':').parse().unwrap_or(-1)
+    }
+
+    /// Kills the server (SIGKILL) and waits until it is gone.
+    pub fn stop(&mut self) {
+        drop(self.child.take());
+    }
+}
+
+/// A port nothing listens on right now (the kernel's pick, released at once).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// The limits of one tenant of [`two_tenants`], as TOML inline-table fields
+/// (e.g. `max_streams = 2`); empty for none.
+pub struct TwoTenants<'a> {
+    /// Limits of tenant `a` (host `a.test`, the default tenant).
+    pub a: &'a str,
+    /// Limits of tenant `b` (host `b.test`).
+    pub b: &'a str,
+    /// The `[limits]` table's body (e.g. `redis_url = "…"`); empty for the defaults.
+    pub global: &'a str,
+    /// Sidecar stall timeout: stalled fixtures hold a stream open this long.
+    pub stall_secs: u32,
+}
+
+/// Writes `streamgate.toml` in `dir`: tenants `a` and `b`, each with its own token key and
+/// an allow-all policy that still refuses `file:` URLs.
+pub fn two_tenants(dir: &Path, t: &TwoTenants<'_>) -> PathBuf {
+    let (ka, kb) = (
+        streamgate::plugin::builtin::xchacha_generate_key(),
+        streamgate::plugin::builtin::xchacha_generate_key(),
+    );
+    let policy =
+        r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#;
+    let text = format!(
+        r#"
+default_tenant = "a"
+[sidecar]
+args = ["--stall-timeout={stall}", "--max-jobs=8"]
+[limits]
+{global}
+[[tenant]]
+id = "a"
+hosts = ["a.test"]
+token = {{ builtin = "token-xchacha", config = {{ keys = "{ka}" }} }}
+policy = {policy}
+limits = {{ {a} }}
+[[tenant]]
+id = "b"
+hosts = ["b.test"]
+token = {{ builtin = "token-xchacha", config = {{ keys = "{kb}" }} }}
+policy = {policy}
+limits = {{ {b} }}
+"#,
+        stall = t.stall_secs,
+        global = t.global,
+        a = t.a,
+        b = t.b,
+    );
+    let path = dir.join("streamgate.toml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// A link for `tenant` of `config`, minted by `streamgate mint --config F --tenant ID`.
+pub fn mint_for(config: &Path, tenant: &str, url: &str, format: &str) -> String {
+    let config = config.display().to_string();
+    crate::gateway::mint(&[
+        "--config", &config, "--tenant", tenant, "--url", url, "--format", format,
+    ])
+}

@@ -1,0 +1,256 @@
+//! The sidecar's warm pool, extraction cache and protocol refusal (issue 6), end to end:
+//! the release binary, the venv's yt-dlp, fixtures served on 127.0.0.1.
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use streamgate_protocol::{Frame, ResolveJob, StreamJob, kind};
+use streamgate_tests::both_paths;
+use streamgate_tests::*;
+
+async fn sidecar(pool: bool, extra: &[&str]) -> Sidecar {
+    let opts = SidecarOptions {
+        pool: Some(pool),
+        extra: extra.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    Sidecar::start(opts).await
+}
+
+/// A stream job for `tenant`, collected to the end.
+async fn stream_as(sc: &Sidecar, tenant: &str, url: &str, format: &str) -> Transcript {
+    let mut client = Client::connect(sc.socket()).await.unwrap();
+    let job = StreamJob {
+        url: url.to_owned(),
+        format: format.to_owned(),
+        tenant: Some(tenant.to_owned()),
+        request_id: None,
+    };
+    client.send(Frame::Stream(job)).await.unwrap();
+    client.collect(SLOW).await
+}
+
+/// A resolve job for `tenant` (the cache is keyed by tenant + URL).
+async fn resolve_as(sc: &Sidecar, tenant: &str, url: &str) -> Transcript {
+    let mut client = Client::connect(sc.socket()).await.unwrap();
+    let job = ResolveJob {
+        url: url.to_owned(),
+        tenant: Some(tenant.to_owned()),
+        request_id: None,
+    };
+    client.send(Frame::Resolve(job)).await.unwrap();
+    client.collect(SLOW).await
+}
+
+/// Moved from `sidecar.rs` (its size): the stall timeout on both paths.
+async fn a_stalled_download_ends_with_timeout(pool: bool) {
+    let opts = SidecarOptions {
+        stall_timeout: Some(2.0),
+        pool: Some(pool),
+        ..Default::default()
+    };
+    let server = FixtureServer::start(fixtures());
+    let sc = Sidecar::start(opts).await;
+    let started = Instant::now();
+    let t = Client::stream(sc.socket(), &server.url("stall/progressive.mp4"), "b").await;
+    assert_eq!(t.error_code(), "timeout", "{:?}\n{}", t.error, sc.logs());
+    assert!(t.metadata_first() && t.data.len() <= streamgate_tests::http::STALL_AFTER);
+    assert!(started.elapsed() < Duration::from_secs(60));
+    assert!(wait_until(Duration::from_secs(2), || sc.job_processes().is_empty()).await);
+}
+
+both_paths!(a_stalled_download_ends_with_timeout);
+
+fn pooled_jobs(sc: &Sidecar) -> usize {
+    sc.logs().matches("pool worker took the job").count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_forkserver_is_restarted_and_jobs_keep_working() {
+    let server = FixtureServer::start(fixtures());
+    let sc = sidecar(true, &[]).await;
+    let url = server.url("progressive.mp4");
+    let forkserver = |sc: &Sidecar| {
+        sc.pool_processes()
+            .into_iter()
+            .find(|p| p.comm == "sg-forkserver" && p.state != 'Z')
+            .map(|p| p.pid)
+    };
+    let old = forkserver(&sc).expect("a forkserver under the sidecar");
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(old), Signal::SIGKILL).unwrap();
+    // Meanwhile jobs fall back to spawning yt-dlp (or land on a leftover idle worker).
+    let t = Client::stream(sc.socket(), &url, "b").await;
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+    let restarted = wait_until(SLOW, || forkserver(&sc).is_some_and(|p| p != old)).await;
+    assert!(restarted, "no new forkserver:\n{}", sc.logs());
+    assert!(
+        wait_until(SLOW, || sc.logs().matches("pool ready").count() >= 2).await,
+        "{}",
+        sc.logs()
+    );
+    let before = pooled_jobs(&sc);
+    let t = Client::stream(sc.socket(), &url, "b").await;
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+    assert_eq!(
+        pooled_jobs(&sc),
+        before + 1,
+        "back on the pool:\n{}",
+        sc.logs()
+    );
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    assert_eq!(sha256_hex(&t.data), file);
+    // The old forkserver's idle workers were reaped, not left as zombies.
+    let clean = wait_until(Duration::from_secs(5), || sc.job_processes().is_empty()).await;
+    assert!(clean, "{:?}", sc.job_processes());
+    let zombies: Vec<_> = sc
+        .pool_processes()
+        .into_iter()
+        .filter(|p| p.state == 'Z')
+        .collect();
+    assert!(zombies.is_empty(), "{zombies:?}");
+    eprintln!("forkserver {old} killed: restarted, jobs served throughout");
+}
+
+async fn stream_after_resolve_skips_extraction(pool: bool) {
+    let server = FixtureServer::start(fixtures());
+    let sc = sidecar(pool, &[]).await;
+    let url = server.url("progressive.mp4");
+    let r = resolve_as(&sc, "t1", &url).await;
+    assert_eq!(r.kinds, [kind::INFO], "{r:?}");
+    let after_resolve = server.hits("/progressive.mp4");
+    let t = stream_as(&sc, "t1", &url, "b").await;
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+    let stream_hits = server.hits("/progressive.mp4") - after_resolve;
+    assert_eq!(stream_hits, 1, "the download only, no extraction request");
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    assert_eq!(sha256_hex(&t.data), file);
+    // Another tenant does not share the entry: a full extraction again.
+    let before = server.hits("/progressive.mp4");
+    let other = stream_as(&sc, "t2", &url, "b").await;
+    other.assert_complete(&sc.logs(), "mp4", "video/mp4");
+    assert_eq!(
+        server.hits("/progressive.mp4") - before,
+        2,
+        "extraction + download"
+    );
+    assert_eq!(sha256_hex(&other.data), file);
+    // DASH from the cached info: the same bytes as a fresh extraction.
+    let dash = server.url("dash/manifest.mpd");
+    let _ = resolve_as(&sc, "t1", &dash).await;
+    let mpd = || server.hits("/dash/manifest.mpd");
+    let before = mpd();
+    let cached = stream_as(&sc, "t1", &dash, "ba").await;
+    let cached_hits = mpd() - before;
+    let fresh = stream_as(&sc, "t3", &dash, "ba").await;
+    // ffmpeg reads the manifest itself; the extraction's own fetch is what is skipped.
+    assert_eq!(
+        mpd() - before - cached_hits,
+        cached_hits + 1,
+        "one manifest fetch fewer"
+    );
+    cached.assert_complete(&sc.logs(), "m4a", "audio/mp4");
+    assert_eq!(sha256_hex(&cached.data), sha256_hex(&fresh.data));
+    assert!(sc.logs().contains("extraction cache hit"));
+    eprintln!("pool {pool}: stream after resolve made {stream_hits} request (download only)");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_after_a_resolve_skips_extraction_spawned() {
+    stream_after_resolve_skips_extraction(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_after_a_resolve_skips_extraction_pooled() {
+    stream_after_resolve_skips_extraction(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn no_cache_with_ttl_zero() {
+    let server = FixtureServer::start(fixtures());
+    let sc = sidecar(true, &["--cache-ttl", "0"]).await;
+    let url = server.url("progressive.mp4");
+    let _ = resolve_as(&sc, "tests", &url).await;
+    let before = server.hits("/progressive.mp4");
+    let t = Client::stream(sc.socket(), &url, "b").await;
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+    assert_eq!(server.hits("/progressive.mp4") - before, 2);
+}
+
+async fn fragment_protocols_are_refused(pool: bool) {
+    let server = FixtureServer::start(fixtures());
+    let sc = sidecar(pool, &[]).await;
+    let watch = DirWatch::new(sc.work_dir()).unwrap();
+    // `ism` single formats: yt-dlp's own IsmFD would write fragments into the cwd.
+    for format in ["video-4000", "audio-128", "b"] {
+        let t = Client::stream(sc.socket(), &server.url("ism/manifest.ism"), format).await;
+        assert_eq!(t.error_code(), "format_unavailable", "{t:?}\n{}", sc.logs());
+        assert_eq!(t.kinds, [kind::ERROR], "{t:?}");
+        eprintln!("ism -f {format}: {}", t.error.as_ref().unwrap().message);
+    }
+    // Cached info takes the same way.
+    let _ = resolve_as(&sc, "tests", &server.url("ism/manifest.ism")).await;
+    let t = Client::stream(sc.socket(), &server.url("ism/manifest.ism"), "video-4000").await;
+    assert_eq!(t.error_code(), "format_unavailable", "{t:?}");
+    let touched = watch.touched();
+    assert!(
+        touched.is_empty(),
+        "the work dir was written to: {touched:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fragment_protocols_are_refused_spawned() {
+    fragment_protocols_are_refused(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fragment_protocols_are_refused_pooled() {
+    fragment_protocols_are_refused(true).await;
+}
+
+/// Sends a stream job on a greeted connection; time until the first data frame.
+async fn first_byte(sc: &Sidecar, url: &str) -> Duration {
+    let mut client = Client::connect(sc.socket()).await.unwrap();
+    let started = Instant::now();
+    client.start_stream(url, "b").await.unwrap();
+    let mut t = Transcript::default();
+    client
+        .collect_until(&mut t, |t| t.data_frames() > 0 || t.error.is_some())
+        .await;
+    let took = started.elapsed();
+    assert!(t.data_frames() > 0, "{t:?}\n{}", sc.logs());
+    client.collect_until(&mut t, |_| false).await;
+    assert!(t.end.is_some(), "{t:?}");
+    took
+}
+
+fn p50(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+/// First media byte, direct against the sidecar socket: spawn vs pool vs right after a
+/// resolve of the same URL (p50 of 20 each, same run). Prints the figures.
+#[tokio::test(flavor = "multi_thread")]
+async fn first_byte_times_spawn_pool_and_after_resolve() {
+    let server = FixtureServer::start(fixtures());
+    let spawned = sidecar(false, &[]).await;
+    let pooled = sidecar(true, &[]).await;
+    let n = 20;
+    let (mut spawn, mut pool, mut cached) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let url = server.url(&format!("progressive.mp4?s={i}"));
+        spawn.push(first_byte(&spawned, &url).await);
+        pool.push(first_byte(&pooled, &url).await);
+        let url = server.url(&format!("progressive.mp4?r={i}"));
+        let r = resolve_as(&pooled, "tests", &url).await;
+        assert!(r.info.is_some(), "{r:?}");
+        cached.push(first_byte(&pooled, &url).await);
+    }
+    let (s, p, c) = (p50(spawn), p50(pool), p50(cached));
+    eprintln!("first byte p50 over {n}: spawn {s:?}, pool {p:?}, pool after resolve {c:?}");
+    assert!(p < s, "the pool must beat a fresh yt-dlp: {p:?} vs {s:?}");
+    assert!(c < s, "{c:?} vs {s:?}");
+    let hits = pooled.logs().matches("extraction cache hit").count();
+    assert_eq!(hits, n, "every stream after a resolve used the cache");
+}
