@@ -13,6 +13,7 @@ pub mod reload;
 pub mod resolve;
 pub mod routes;
 pub mod secrets;
+pub mod server;
 pub mod sidecar;
 pub mod state;
 pub mod tenant;

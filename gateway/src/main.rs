@@ -12,7 +12,7 @@ use streamgate::limits::Limiter;
 use streamgate::metrics::Metrics;
 use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest, builtin};
 use streamgate::relay::ActiveStreams;
-use streamgate::routes::{AppState, routes};
+use streamgate::routes::AppState;
 use streamgate::sidecar::{SidecarClient, Supervisor, SupervisorSettings};
 use streamgate::tenant::Tenants;
 use tokio::signal::unix::{SignalKind, signal};
@@ -128,12 +128,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = warp::serve(routes(state.clone()))
-        .incoming(listener)
-        .graceful(async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
-        })
-        .run();
+    let server = streamgate::server::run(listener, state.clone(), async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    });
     let mut server = tokio::spawn(server);
     tracing::info!("listening on http://{addr}");
     let mint_hint = match &args.source.config {

@@ -18,6 +18,7 @@ use crate::limits::Limiter;
 use crate::metrics::{self, MeteredBody, Metrics};
 use crate::plugin::{PolicyDecision, RequestInfo};
 use crate::relay::{self, ActiveStreams, MediaBody};
+use crate::server::ClientAddr;
 use crate::sidecar::SidecarClient;
 use crate::tenant::{Tenant, Tenants};
 
@@ -108,7 +109,7 @@ pub(crate) fn request_parts() -> impl Filter<Extract = (RequestParts,), Error = 
     warp::path::full()
         .and(query)
         .and(warp::header::headers_cloned())
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<ClientAddr>().map(|a: Option<ClientAddr>| a.map(|a| a.0)))
         .map(
             |path: warp::path::FullPath, query, headers, remote| RequestParts {
                 path: path.as_str().to_owned(),

@@ -139,6 +139,7 @@ pub async fn run(
         frames.push(Frame::Data(chunk.freeze()));
         for frame in frames {
             // `send` flushes: no further read from yt-dlp until the socket took this chunk.
+            // yt-dlp keeps writing meanwhile, up to its 1 MiB stdout pipe (`proc::job_pipes`).
             tokio::select! {
                 biased;
                 ev = peer_event(rx) => return stop(proc, ev, total, tx).await,

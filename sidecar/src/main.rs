@@ -17,11 +17,12 @@ struct Args {
     /// Group allowed to connect besides the owner.
     #[arg(long)]
     socket_group: Option<String>,
-    /// Jobs that run at once.
-    #[arg(long, default_value_t = 4)]
+    /// Jobs that run at once. With the warm pool a job's start costs a fork, not a Python
+    /// start-up, so this is bounded by memory (≈30 MB per yt-dlp) rather than by CPU.
+    #[arg(long, default_value_t = 32)]
     max_jobs: usize,
     /// Jobs that may wait for a slot; more get `busy`.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     queue: usize,
     /// Seconds a queued job waits for a slot before it gets `busy`.
     #[arg(long, default_value_t = 30.0)]

@@ -21,6 +21,10 @@ use crate::Error;
 
 /// Stderr kept per job: yt-dlp's errors come last, so the tail is what matters.
 const STDERR_KEEP: usize = 64 * 1024;
+/// Capacity asked for the stdout pipe (the default is 64 KiB): yt-dlp keeps writing while the
+/// sidecar is busy sending the previous chunk instead of blocking on a full pipe. Kernel
+/// memory, bounded per job; 1 MiB is the default `/proc/sys/fs/pipe-max-size`.
+const STDOUT_PIPE_SIZE: libc::c_int = 1024 * 1024;
 
 pub(crate) fn io(e: nix::Error) -> Error {
     Error::Spawn(std::io::Error::from(e))
@@ -41,6 +45,7 @@ pub(crate) struct Ends {
 /// Creates stdout, stderr and (for stream jobs) fd-3 pipes: (our read ends, child's ends).
 pub(crate) fn job_pipes(with_meta: bool) -> Result<(Ends, Ends), Error> {
     let (out_rx, out_tx) = pipe()?;
+    enlarge_pipe(&out_rx);
     let (err_rx, err_tx) = pipe()?;
     let (meta_rx, meta_tx) = match with_meta {
         true => pipe().map(|(r, t)| (Some(r), Some(t)))?,
@@ -57,6 +62,17 @@ pub(crate) fn job_pipes(with_meta: bool) -> Result<(Ends, Ends), Error> {
         meta: meta_tx,
     };
     Ok((ours, theirs))
+}
+
+/// Best effort: a refusal (over `pipe-max-size`, or the user's pipe quota is spent) leaves
+/// the default size, which only costs throughput.
+fn enlarge_pipe(fd: &OwnedFd) {
+    // SAFETY: fcntl on an fd we own; F_SETPIPE_SZ takes an int and touches no memory of ours.
+    let got = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETPIPE_SZ, STDOUT_PIPE_SIZE) };
+    if got < 0 {
+        let err = std::io::Error::last_os_error();
+        tracing::debug!(error = %err, "stdout pipe keeps its default size");
+    }
 }
 
 /// Who the group leader is and how its exit status is learnt.
