@@ -1,12 +1,11 @@
-//! Frames → HTTP body. The body reads the job's socket directly, only when hyper asks for the
-//! next chunk, so a slow client leaves frames in the kernel's socket buffers and the sidecar
-//! (which writes only as fast as the socket drains) slows yt-dlp.
-//!
-//! Data payloads are not decoded as whole frames: after a data frame's 5-byte header the body
-//! reads the payload straight from the socket in chunks of at most [`CHUNK`] bytes, each into
-//! its own buffer (no copy), and hands each one to hyper. A stalled stream therefore holds
-//! hyper's capped write queue (`server::HTTP1_MAX_BUF`) plus one chunk, whatever frame size the
-//! sidecar uses. Control frames (end, error, anything unexpected) go through [`FrameCodec`].
+//! Frames → HTTP body. The body polls the job's socket directly: data is read only when
+//! hyper asks for the next chunk, so a slow client leaves frames in the kernel's socket
+//! buffers and the sidecar (which writes only as fast as the socket drains) slows yt-dlp.
+//! Once the metadata is in, the connection's codec switches to
+//! [`FrameCodec::streaming_data`]: data payloads come out in pieces of at most [`CHUNK`]
+//! bytes as they arrive, never buffered as whole frames, so a stalled stream holds hyper's
+//! capped write queue (`server::HTTP1_MAX_BUF`) plus one read buffer, whatever frame size the
+//! sidecar uses. Each chunk is the `Bytes` the codec split off its buffer: no copy.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,22 +14,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::Stream;
-use streamgate_protocol::{Frame, FrameCodec, JobError, MAX_FRAME_LEN, ProtocolError, kind};
-use tokio::net::UnixStream;
-use tokio_util::codec::{Decoder, Encoder};
-use tokio_util::io::poll_read_buf;
+use streamgate_protocol::{Frame, FrameCodec, JobError, ProtocolError};
+use tokio_util::codec::Encoder;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::sidecar::JobConnection;
 
-/// Largest body chunk the relay reads and yields at once.
+/// Largest body chunk the relay yields at once; also the job connection's read buffer size.
 pub const CHUNK: usize = 64 * 1024;
-/// Length (4 bytes) + type (1 byte).
-const HEADER: usize = 5;
-/// Room reserved to read a frame header (and whatever follows it) into.
-const HEADER_READ: usize = 8 * 1024;
 
 /// Why a body stopped before its end. Yielding one makes hyper abort the response: no final
 /// chunk (chunked) or a short body (Content-Length), so the client knows the file is cut.
@@ -69,14 +62,7 @@ impl ActiveStreams {
 
 /// The body of one media response.
 pub struct MediaBody {
-    io: UnixStream,
-    codec: FrameCodec,
-    /// Bytes read but not relayed yet: headers, control frames, the odd start of a payload.
-    buf: BytesMut,
-    /// Payload bytes of the current data frame not relayed yet.
-    data_left: usize,
-    /// `codec` has taken a control frame's header and waits for the rest of it.
-    control: bool,
+    conn: JobConnection,
     request_id: String,
     sent: u64,
     started: Instant,
@@ -87,18 +73,14 @@ pub struct MediaBody {
 }
 
 impl MediaBody {
-    pub fn new(conn: JobConnection, request_id: String, active: ActiveStreams) -> Self {
+    pub fn new(mut conn: JobConnection, request_id: String, active: ActiveStreams) -> Self {
+        // Between frames (the metadata was the last one decoded): safe to swap codecs.
+        *conn.codec_mut() = FrameCodec::streaming_data(CHUNK);
         active.count.fetch_add(1, Ordering::Relaxed);
         let aborted = Mutex::new(Box::pin(active.abort.clone().cancelled_owned()));
-        // The metadata frame was read through the codec; what it read beyond is in read_buf.
-        let parts = conn.into_parts();
         MediaBody {
             aborted,
-            io: parts.io,
-            codec: parts.codec,
-            buf: parts.read_buf,
-            data_left: 0,
-            control: false,
+            conn,
             request_id,
             sent: 0,
             started: Instant::now(),
@@ -139,94 +121,35 @@ impl Stream for MediaBody {
             .get_mut()
             .expect("never poisoned: no panics while held");
         if aborted.as_mut().poll(cx).is_ready() {
-            send_cancel(&this.io);
+            send_cancel(&this.conn);
             return this.fail(RelayError::ShuttingDown);
         }
-        loop {
-            if this.data_left > 0 {
-                let chunk = if this.buf.is_empty() {
-                    let mut chunk = BytesMut::with_capacity(this.data_left.min(CHUNK));
-                    match ready!(poll_read_buf(Pin::new(&mut this.io), cx, &mut chunk)) {
-                        Ok(0) => return this.fail(ProtocolError::Truncated.into()),
-                        Ok(_) => chunk.freeze(),
-                        Err(e) => return this.fail(ProtocolError::Io(e).into()),
-                    }
-                } else {
-                    let n = this.data_left.min(this.buf.len()).min(CHUNK);
-                    this.buf.split_to(n).freeze()
-                };
-                this.data_left -= chunk.len();
-                this.sent += chunk.len() as u64;
-                return Poll::Ready(Some(Ok(chunk)));
-            }
-            if !this.control
-                && let Some(len) = data_header(&this.buf)
-            {
-                this.buf.advance(HEADER);
-                this.data_left = len;
-                continue;
-            }
-            if this.control || this.buf.len() >= HEADER {
-                match this.codec.decode(&mut this.buf) {
-                    Ok(Some(frame)) => {
-                        this.control = false;
-                        return this.control_frame(frame);
-                    }
-                    // The codec holds the header now: feed it until the frame is complete.
-                    Ok(None) => this.control = true,
-                    Err(e) => return this.fail(e.into()),
-                }
-            }
-            if this.buf.capacity() - this.buf.len() < HEADER {
-                this.buf.reserve(HEADER_READ);
-            }
-            match ready!(poll_read_buf(Pin::new(&mut this.io), cx, &mut this.buf)) {
-                Ok(0) if this.buf.is_empty() && !this.control => {
-                    let sent = this.sent;
-                    return this.fail(RelayError::Truncated { sent });
-                }
-                Ok(0) => return this.fail(ProtocolError::Truncated.into()),
-                Ok(_) => {}
-                Err(e) => return this.fail(ProtocolError::Io(e).into()),
-            }
-        }
-    }
-}
-
-impl MediaBody {
-    /// A whole frame other than a streamed data payload: the end, an error, or a violation.
-    fn control_frame(&mut self, frame: Frame) -> Poll<Option<Result<Bytes, RelayError>>> {
+        let frame = ready!(Pin::new(&mut this.conn).poll_next(cx));
         match frame {
-            // Not produced by `poll_next` (data payloads are streamed), handled all the same.
-            Frame::Data(bytes) => {
-                self.sent += bytes.len() as u64;
+            Some(Ok(Frame::Data(bytes))) => {
+                this.sent += bytes.len() as u64;
                 Poll::Ready(Some(Ok(bytes)))
             }
-            Frame::End { total_bytes } if total_bytes == self.sent => {
-                self.finish(Ok(()));
+            Some(Ok(Frame::End { total_bytes })) if total_bytes == this.sent => {
+                this.finish(Ok(()));
                 Poll::Ready(None)
             }
-            Frame::End { total_bytes } => self.fail(RelayError::Miscount {
+            Some(Ok(Frame::End { total_bytes })) => this.fail(RelayError::Miscount {
                 reported: total_bytes,
-                sent: self.sent,
+                sent: this.sent,
             }),
-            Frame::Error(e) => self.fail(RelayError::Job(e)),
-            other => self.fail(RelayError::Protocol(ProtocolError::Unexpected {
+            Some(Ok(Frame::Error(e))) => this.fail(RelayError::Job(e)),
+            Some(Ok(other)) => this.fail(RelayError::Protocol(ProtocolError::Unexpected {
                 got: other.kind(),
                 during: "relaying data",
             })),
+            Some(Err(e)) => this.fail(e.into()),
+            None => {
+                let sent = this.sent;
+                this.fail(RelayError::Truncated { sent })
+            }
         }
     }
-}
-
-/// The payload length of the data frame whose complete header starts `buf`, if it is one
-/// with a valid length (anything else is left to the codec, which reports it).
-fn data_header(buf: &[u8]) -> Option<usize> {
-    if buf.len() < HEADER || buf[4] != kind::DATA {
-        return None;
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    (1..=MAX_FRAME_LEN).contains(&len).then(|| len - 1)
 }
 
 impl Drop for MediaBody {
@@ -238,7 +161,7 @@ impl Drop for MediaBody {
         if self.done {
             return;
         }
-        send_cancel(&self.io);
+        send_cancel(&self.conn);
         tracing::info!(
             request_id = %self.request_id,
             bytes = self.sent,
@@ -250,14 +173,14 @@ impl Drop for MediaBody {
 
 /// Ends a job whose media is not wanted (HEAD): `cancel`, then the connection closes.
 pub fn cancel(conn: JobConnection) {
-    send_cancel(conn.get_ref());
+    send_cancel(&conn);
 }
 
 /// Writes a `cancel` frame if the socket takes it at once; closing the socket is the fallback.
-fn send_cancel(io: &UnixStream) {
+fn send_cancel(conn: &JobConnection) {
     let mut buf = BytesMut::with_capacity(8);
     if FrameCodec::new().encode(Frame::Cancel, &mut buf).is_ok() {
-        let _ = io.try_write(&buf);
+        let _ = conn.get_ref().try_write(&buf);
     }
 }
 
@@ -265,8 +188,9 @@ fn send_cancel(io: &UnixStream) {
 mod tests {
     use super::*;
     use futures::StreamExt;
-    use streamgate_protocol::{ErrorCode, Metadata, connection, next_frame};
+    use streamgate_protocol::{ErrorCode, MAX_FRAME_LEN, Metadata, connection, kind, next_frame};
     use tokio::io::AsyncWriteExt;
+    use tokio::net::UnixStream;
 
     fn encode(frames: Vec<Frame>) -> Vec<u8> {
         let mut buf = BytesMut::new();

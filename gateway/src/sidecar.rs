@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use futures::SinkExt;
 use streamgate_protocol::{
-    Connection, Frame, MediaInfo, Metadata, ProtocolError, ResolveJob, StreamJob, Welcome,
-    client_handshake, connection, next_frame,
+    Connection, Frame, FrameCodec, MediaInfo, Metadata, ProtocolError, ResolveJob, StreamJob,
+    Welcome, client_handshake, next_frame,
 };
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
 
 use crate::error::GatewayError;
 
@@ -53,7 +54,8 @@ impl SidecarClient {
             let io = UnixStream::connect(&self.socket)
                 .await
                 .map_err(|e| GatewayError::SidecarUnavailable(e.to_string()))?;
-            let mut conn = connection(io);
+            // Sized for the relay's chunks: the buffer a stream reads media into.
+            let mut conn = Framed::with_capacity(io, FrameCodec::new(), crate::relay::CHUNK);
             let welcome = client_handshake(&mut conn, CLIENT_NAME).await?;
             Ok((conn, welcome))
         };

@@ -48,6 +48,10 @@ pub struct FrameCodec {
     max_frame_len: usize,
     /// The inner codec consumed a header whose payload has not fully arrived yet.
     mid_frame: bool,
+    /// With [`FrameCodec::streaming_data`]: the largest `Data` piece yielded at once.
+    data_chunk: Option<usize>,
+    /// Payload bytes of the data frame being streamed that have not been yielded yet.
+    data_left: usize,
 }
 
 impl Default for FrameCodec {
@@ -73,7 +77,40 @@ impl FrameCodec {
             inner,
             max_frame_len: max,
             mid_frame: false,
+            data_chunk: None,
+            data_left: 0,
         }
+    }
+
+    /// A codec that yields each data frame's payload as it arrives, in `Frame::Data` pieces
+    /// of at most `chunk` bytes, instead of buffering the whole frame first. The pieces
+    /// concatenate to the payload (data frames are plain byte runs, so this changes nothing
+    /// for a relay) and a receiver's memory no longer grows with the sender's frame size.
+    pub fn streaming_data(chunk: usize) -> Self {
+        FrameCodec {
+            data_chunk: Some(chunk.max(1)),
+            ..Self::default()
+        }
+    }
+
+    /// In streaming mode: the next piece of the current data payload, or the start of one.
+    fn decode_data(&mut self, chunk: usize, src: &mut BytesMut) -> Option<Frame> {
+        if self.data_left == 0 && !self.mid_frame && src.len() >= 5 && src[4] == kind::DATA {
+            let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+            if (1..=self.max_frame_len).contains(&len) {
+                src.advance(5);
+                self.data_left = len - 1;
+                if self.data_left == 0 {
+                    return Some(Frame::Data(Bytes::new()));
+                }
+            }
+        }
+        if self.data_left == 0 || src.is_empty() {
+            return None;
+        }
+        let n = self.data_left.min(chunk).min(src.len());
+        self.data_left -= n;
+        Some(Frame::Data(src.split_to(n).freeze()))
     }
 }
 
@@ -82,6 +119,15 @@ impl Decoder for FrameCodec {
     type Error = ProtocolError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
+        if let Some(chunk) = self.data_chunk {
+            if let Some(piece) = self.decode_data(chunk, src) {
+                return Ok(Some(piece));
+            }
+            // Wait for a whole header, so the inner codec never takes a data frame's.
+            if self.data_left > 0 || (src.len() < 5 && !self.mid_frame) {
+                return Ok(None);
+            }
+        }
         let before = src.len();
         match self.inner.decode(src) {
             Ok(Some(frame)) => {
@@ -99,7 +145,7 @@ impl Decoder for FrameCodec {
     fn decode_eof(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, ProtocolError> {
         match self.decode(src)? {
             Some(frame) => Ok(Some(frame)),
-            None if src.is_empty() && !self.mid_frame => Ok(None),
+            None if src.is_empty() && !self.mid_frame && self.data_left == 0 => Ok(None),
             None => Err(ProtocolError::Truncated),
         }
     }

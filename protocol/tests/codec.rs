@@ -273,3 +273,75 @@ proptest! {
         let _ = decode_all(BytesMut::from(&bytes[..]));
     }
 }
+
+/// Merges runs of data frames: the byte stream a relay would forward.
+fn coalesce(frames: Vec<Frame>) -> Vec<Frame> {
+    let mut out: Vec<Frame> = Vec::new();
+    for frame in frames {
+        match (out.last_mut(), frame) {
+            (_, Frame::Data(b)) if b.is_empty() => {}
+            (Some(Frame::Data(prev)), Frame::Data(b)) => {
+                let mut joined = BytesMut::from(&prev[..]);
+                joined.extend_from_slice(&b);
+                *prev = joined.freeze();
+            }
+            (_, other) => out.push(other),
+        }
+    }
+    out
+}
+
+#[test]
+fn streaming_mode_never_buffers_a_whole_data_frame() {
+    let mut wire = encode(Frame::Data(Bytes::from(vec![7u8; 200_000])));
+    wire.extend_from_slice(&encode(Frame::End { total_bytes: 200_000 }));
+    let mut codec = FrameCodec::streaming_data(64 * 1024);
+    let mut buf = BytesMut::new();
+    let mut pieces = Vec::new();
+    for part in wire.chunks(10_000) {
+        buf.extend_from_slice(part);
+        while let Some(frame) = codec.decode(&mut buf).unwrap() {
+            pieces.push(frame);
+        }
+        assert!(buf.len() <= 10_000 + 5, "buffered {} bytes", buf.len());
+    }
+    assert!(codec.decode_eof(&mut buf).unwrap().is_none());
+    assert!(pieces.iter().all(|f| !matches!(f, Frame::Data(b) if b.len() > 64 * 1024)));
+    assert_eq!(
+        coalesce(pieces),
+        vec![Frame::Data(Bytes::from(vec![7u8; 200_000])), Frame::End { total_bytes: 200_000 }]
+    );
+    // A stream cut inside a data payload is truncated, as in whole-frame mode.
+    let mut codec = FrameCodec::streaming_data(1024);
+    let mut cut = BytesMut::from(&wire[..5000]);
+    while codec.decode(&mut cut).unwrap().is_some() {}
+    assert!(matches!(codec.decode_eof(&mut cut), Err(ProtocolError::Truncated)));
+}
+
+proptest! {
+    #[test]
+    fn streaming_mode_yields_the_same_stream(
+        frames in proptest::collection::vec(arb_frame(), 0..12),
+        chunk in 1usize..5000,
+        feed in 1usize..7000,
+    ) {
+        let mut wire = BytesMut::new();
+        for f in &frames {
+            FrameCodec::new().encode(f.clone(), &mut wire).unwrap();
+        }
+        let mut codec = FrameCodec::streaming_data(chunk);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for part in wire.chunks(feed) {
+            buf.extend_from_slice(part);
+            while let Some(frame) = codec.decode(&mut buf).unwrap() {
+                prop_assert!(!matches!(&frame, Frame::Data(b) if b.len() > chunk));
+                got.push(frame);
+            }
+        }
+        while let Some(frame) = codec.decode_eof(&mut buf).unwrap() {
+            got.push(frame);
+        }
+        prop_assert_eq!(coalesce(got), coalesce(frames));
+    }
+}
