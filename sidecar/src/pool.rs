@@ -112,6 +112,19 @@ impl Pool {
         }
     }
 
+    /// Restarts the forkserver behind `socket`, unless it is already gone: a job that failed
+    /// on a forkserver the supervisor has replaced must not kill the new one.
+    fn restart_if_live(&self, socket: &Arc<AsyncFd<OwnedFd>>, why: &str) {
+        let mut live = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        if live.as_ref().is_some_and(|l| Arc::ptr_eq(l, socket)) {
+            *live = None;
+            warn!("no pool worker took the job ({why}): restarting the pool");
+            self.restart.notify_one();
+        } else {
+            debug!("no pool worker took the job ({why}); that forkserver is already gone");
+        }
+    }
+
     /// Spawns the forkserver and waits for its ready message.
     async fn launch(&self) -> std::io::Result<(Child, Arc<AsyncFd<OwnedFd>>)> {
         let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
@@ -222,8 +235,7 @@ impl Pool {
         let ack = match read_ack(status).await {
             Ok(ack) => ack,
             Err(why) => {
-                warn!("no pool worker took the job ({why}): restarting the pool");
-                self.restart.notify_one();
+                self.restart_if_live(&socket, &why);
                 return None;
             }
         };
