@@ -294,7 +294,9 @@ fn coalesce(frames: Vec<Frame>) -> Vec<Frame> {
 #[test]
 fn streaming_mode_never_buffers_a_whole_data_frame() {
     let mut wire = encode(Frame::Data(Bytes::from(vec![7u8; 200_000])));
-    wire.extend_from_slice(&encode(Frame::End { total_bytes: 200_000 }));
+    wire.extend_from_slice(&encode(Frame::End {
+        total_bytes: 200_000,
+    }));
     let mut codec = FrameCodec::streaming_data(64 * 1024);
     let mut buf = BytesMut::new();
     let mut pieces = Vec::new();
@@ -306,16 +308,28 @@ fn streaming_mode_never_buffers_a_whole_data_frame() {
         assert!(buf.len() <= 10_000 + 5, "buffered {} bytes", buf.len());
     }
     assert!(codec.decode_eof(&mut buf).unwrap().is_none());
-    assert!(pieces.iter().all(|f| !matches!(f, Frame::Data(b) if b.len() > 64 * 1024)));
+    assert!(
+        pieces
+            .iter()
+            .all(|f| !matches!(f, Frame::Data(b) if b.len() > 64 * 1024))
+    );
     assert_eq!(
         coalesce(pieces),
-        vec![Frame::Data(Bytes::from(vec![7u8; 200_000])), Frame::End { total_bytes: 200_000 }]
+        vec![
+            Frame::Data(Bytes::from(vec![7u8; 200_000])),
+            Frame::End {
+                total_bytes: 200_000
+            }
+        ]
     );
     // A stream cut inside a data payload is truncated, as in whole-frame mode.
     let mut codec = FrameCodec::streaming_data(1024);
     let mut cut = BytesMut::from(&wire[..5000]);
     while codec.decode(&mut cut).unwrap().is_some() {}
-    assert!(matches!(codec.decode_eof(&mut cut), Err(ProtocolError::Truncated)));
+    assert!(matches!(
+        codec.decode_eof(&mut cut),
+        Err(ProtocolError::Truncated)
+    ));
 }
 
 proptest! {
