@@ -114,3 +114,18 @@ impl Drop for FixtureServer {
         drop(self.thread.take());
     }
 }
+
+/// The standard fixtures on one loopback server shared by a whole test binary.
+pub fn server() -> &'static FixtureServer {
+    static SERVER: std::sync::OnceLock<FixtureServer> = std::sync::OnceLock::new();
+    SERVER.get_or_init(|| FixtureServer::start(crate::fixtures()))
+}
+
+/// URL of `large.mp4` (≥ 200 MB) on its own loopback server, shared by a test binary.
+pub fn large_url() -> String {
+    static SERVER: std::sync::OnceLock<FixtureServer> = std::sync::OnceLock::new();
+    let dir = crate::large_fixture().parent().expect("fixture dir");
+    SERVER
+        .get_or_init(|| FixtureServer::start(dir))
+        .url("large.mp4")
+}

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 pub use client::{Client, Transcript, noise, send_raw};
 pub use fixtures::{fixtures, large_fixture};
-pub use http::FixtureServer;
+pub use http::{FixtureServer, large_url, server};
 pub use paths::{release_bin, repo_root, yt_dlp};
 pub use process::{ChildGuard, ProcInfo, descendants};
 pub use sidecar::{Sidecar, SidecarOptions};
@@ -116,4 +116,9 @@ pub fn ffprobe_streams(path: &std::path::Path) -> Vec<String> {
         .flatten()
         .filter_map(|s| s["codec_type"].as_str().map(str::to_owned))
         .collect()
+}
+
+/// Runs blocking test code (curl, child processes) off the async runtime's threads.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }

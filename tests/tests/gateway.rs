@@ -2,31 +2,12 @@
 //! sidecar), the venv's yt-dlp, fixtures from `tests/fixtures/make-media` on 127.0.0.1,
 //! and real clients (curl, reqwest, a raw TCP reader).
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use futures::future::join_all;
 use streamgate_tests::gateway::*;
 use streamgate_tests::*;
-
-fn server() -> &'static FixtureServer {
-    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
-    SERVER.get_or_init(|| FixtureServer::start(fixtures()))
-}
-
-/// `large.mp4` (≥ 200 MB) on its own loopback server.
-fn large_url() -> String {
-    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
-    let dir = large_fixture().parent().expect("fixture dir");
-    SERVER
-        .get_or_init(|| FixtureServer::start(dir))
-        .url("large.mp4")
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn each_fixture_kind_downloads_with_curl_and_reqwest() {

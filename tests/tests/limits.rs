@@ -5,21 +5,11 @@
 
 use std::net::IpAddr;
 use std::path::Path;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use streamgate_tests::gateway::*;
 use streamgate_tests::redis::{RedisServer, TwoTenants, mint_for, two_tenants};
 use streamgate_tests::*;
-
-fn server() -> &'static FixtureServer {
-    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
-    SERVER.get_or_init(|| FixtureServer::start(fixtures()))
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
 
 /// A gateway on `config`.
 async fn gateway(config: &Path) -> Gateway {

@@ -7,10 +7,6 @@ use streamgate_tests::gateway::*;
 use streamgate_tests::redis::{TwoTenants, mint_for, two_tenants};
 use streamgate_tests::*;
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
-
 /// The value of the sample `name{labels}` (labels as written, e.g. `tenant="a"`).
 fn sample(text: &str, name: &str, labels: &str) -> Option<f64> {
     let key = match labels {

@@ -1,18 +1,11 @@
 //! End-to-end tests of `streamgate-sidecar`: the release binary, the venv's yt-dlp, ffmpeg,
 //! fixtures from `tests/fixtures/make-media` served on 127.0.0.1.
 
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use streamgate_protocol::{Frame, kind};
 use streamgate_tests::*;
-
-/// One fixture server for the whole test binary (it runs on its own thread).
-fn server() -> &'static FixtureServer {
-    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
-    SERVER.get_or_init(|| FixtureServer::start(fixtures()))
-}
 
 async fn sidecar(pool: bool) -> Sidecar {
     let opts = SidecarOptions {

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -12,23 +11,6 @@ use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 use streamgate_tests::gateway::*;
 use streamgate_tests::*;
-
-fn server() -> &'static FixtureServer {
-    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
-    SERVER.get_or_init(|| FixtureServer::start(fixtures()))
-}
-
-fn large_url() -> String {
-    static SERVER: OnceLock<FixtureServer> = OnceLock::new();
-    let dir = large_fixture().parent().expect("fixture dir");
-    SERVER
-        .get_or_init(|| FixtureServer::start(dir))
-        .url("large.mp4")
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
 
 /// One `[[tenant]]` with a token-xchacha ring and an allowlist policy open to loopback.
 fn tenant(id: &str, hosts: &[&str], keys: &str, policy_extra: &str) -> String {
