@@ -152,6 +152,8 @@ fn job_status(code: ErrorCode) -> StatusCode {
         ErrorCode::UpstreamFailed | ErrorCode::Protocol => StatusCode::BAD_GATEWAY,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
         ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::EgressDenied => StatusCode::FORBIDDEN,
+        ErrorCode::TooLarge => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -127,6 +127,7 @@ async fn resolve(
         url: wanted.url.clone(),
         tenant: Some(tenant.id.clone()),
         request_id: Some(request_id.to_owned()),
+        ..Default::default()
     };
     state.metrics.sidecar_job("resolve");
     let media = state.sidecar.resolve(job).await;

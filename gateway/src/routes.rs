@@ -224,6 +224,7 @@ async fn respond(
         format: wanted.format,
         tenant: Some(tenant.id.clone()),
         request_id: Some(request_id.to_owned()),
+        ..Default::default()
     };
     state.metrics.sidecar_job("stream");
     let started = state.sidecar.start(job).await;

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Version spoken by this build. A peer with another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// One frame of the protocol. See `docs/protocol.md` for who sends what, and when.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,9 +83,58 @@ pub struct Welcome {
     pub sidecar: String,
     /// `yt-dlp --version` of the yt-dlp the sidecar runs.
     pub yt_dlp: String,
+    /// How the sidecar confines its jobs' network access.
+    pub egress: EgressMode,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a sidecar makes every connection of a job pass its egress check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressMode {
+    /// Jobs run in a network namespace holding only the job's proxy: fails closed.
+    Netns,
+    /// Jobs are told to use the job's proxy (`--proxy`), with nothing to stop a process
+    /// that ignores it.
+    Proxy,
+}
+
+impl EgressMode {
+    /// The wire spelling, also shown by the gateway's `/readyz`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressMode::Netns => "netns",
+            EgressMode::Proxy => "proxy",
+        }
+    }
+}
+
+/// Where a job's outbound connections may go, decided per tenant by the gateway and enforced
+/// by the sidecar after DNS, on every connection. The default is the strict one: public
+/// addresses on ports 80 and 443, directly.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EgressRules {
+    /// Let connections reach internal addresses (loopback, private, link-local, …).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private: bool,
+    /// Address blocks reachable even though internal (an intranet), e.g. `10.1.0.0/16`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_cidrs: Vec<String>,
+    /// Address blocks never reachable, whatever else allows them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny_cidrs: Vec<String>,
+    /// Ports allowed besides 80 and 443.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    /// Every port allowed (local testing).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub any_port: bool,
+    /// Upstream proxy the egress chains to after its check: `http://[user:pass@]host:port`
+    /// or `socks5://[user:pass@]host:port`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StreamJob {
     pub url: String,
     /// A yt-dlp format selector (`-f`), e.g. `best`, `18`, `bv+ba`.
@@ -96,15 +145,23 @@ pub struct StreamJob {
     /// The gateway's request id, so one id follows a stream through both logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Where the job's connections may go.
+    #[serde(default)]
+    pub egress: EgressRules,
+    /// Largest media (bytes) the tenant serves; bigger ends with `too_large`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_filesize: Option<u64>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolveJob {
     pub url: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    #[serde(default)]
+    pub egress: EgressRules,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -166,6 +223,11 @@ pub enum ErrorCode {
     Timeout,
     /// The sidecar's job queue is full.
     Busy,
+    /// An outbound connection of the job was refused by the egress rules (an internal
+    /// address, a port not allowed, a scheme other than http(s)).
+    EgressDenied,
+    /// The media is larger than the tenant's `max_filesize`.
+    TooLarge,
     /// The peer broke the protocol (bad frame, wrong version, unexpected frame).
     Protocol,
     /// Anything else: a bug or a broken installation.
@@ -173,13 +235,15 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 10] = [
         ErrorCode::NotFound,
         ErrorCode::UnsupportedUrl,
         ErrorCode::FormatUnavailable,
         ErrorCode::UpstreamFailed,
         ErrorCode::Timeout,
         ErrorCode::Busy,
+        ErrorCode::EgressDenied,
+        ErrorCode::TooLarge,
         ErrorCode::Protocol,
         ErrorCode::Internal,
     ];
@@ -193,6 +257,8 @@ impl ErrorCode {
             ErrorCode::UpstreamFailed => "upstream_failed",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Busy => "busy",
+            ErrorCode::EgressDenied => "egress_denied",
+            ErrorCode::TooLarge => "too_large",
             ErrorCode::Protocol => "protocol",
             ErrorCode::Internal => "internal",
         }

@@ -3,11 +3,12 @@
 
 mod codec;
 mod frame;
+pub mod input;
 
 pub use codec::{FrameCodec, MAX_DATA_LEN, MAX_FRAME_LEN, ProtocolError};
 pub use frame::{
-    ErrorCode, FormatInfo, Frame, Hello, JobError, MediaInfo, Metadata, PROTOCOL_VERSION,
-    ResolveJob, StreamJob, Welcome, kind,
+    EgressMode, EgressRules, ErrorCode, FormatInfo, Frame, Hello, JobError, MediaInfo, Metadata,
+    PROTOCOL_VERSION, ResolveJob, StreamJob, Welcome, kind,
 };
 
 use futures::{SinkExt, StreamExt};

@@ -114,6 +114,7 @@ async fn handshake_over_a_real_socket_pair() {
             version: PROTOCOL_VERSION,
             sidecar: "0.1.0".into(),
             yt_dlp: "2026.10.26".into(),
+            egress: EgressMode::Proxy,
         };
         server_handshake(&mut conn, welcome).await.unwrap()
     });
@@ -132,6 +133,7 @@ async fn handshake_refuses_another_version() {
             version: PROTOCOL_VERSION,
             sidecar: String::new(),
             yt_dlp: String::new(),
+            egress: EgressMode::Netns,
         };
         server_handshake(&mut connection(b), welcome).await
     });
@@ -190,6 +192,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 version,
                 sidecar,
                 yt_dlp,
+                egress: EgressMode::Netns,
             })
         }),
         (any::<String>(), any::<String>(), opt_string(), opt_string()).prop_map(
@@ -197,7 +200,9 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 url,
                 format,
                 tenant,
-                request_id
+                request_id,
+                egress: EgressRules::default(),
+                max_filesize: None,
             })
         ),
         (any::<String>(), opt_string(), opt_string()).prop_map(|(url, tenant, request_id)| {
@@ -205,6 +210,11 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 url,
                 tenant,
                 request_id,
+                egress: EgressRules {
+                    allow_cidrs: vec!["10.0.0.0/8".into()],
+                    ports: vec![8080],
+                    ..EgressRules::default()
+                },
             })
         }),
         (

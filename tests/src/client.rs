@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use streamgate_protocol::{
-    Connection, Frame, JobError, MediaInfo, Metadata, ProtocolError, ResolveJob, StreamJob,
+    Connection, Frame, JobError, MediaInfo, Metadata, ProtocolError, EgressRules, ResolveJob, StreamJob,
     Welcome, client_handshake, connection, kind,
 };
 use tokio::net::UnixStream;
@@ -114,6 +114,8 @@ impl Client {
             format: format.to_owned(),
             tenant: Some("tests".into()),
             request_id: None,
+            egress: loopback_egress(),
+            max_filesize: None,
         }))
         .await
     }
@@ -167,12 +169,23 @@ impl Client {
             url: url.to_owned(),
             tenant: None,
             request_id: None,
+            egress: loopback_egress(),
         };
         client
             .send(Frame::Resolve(job))
             .await
             .expect("send resolve job");
         client.collect(crate::SLOW).await
+    }
+}
+
+/// The rules for jobs whose fixtures are served on 127.0.0.1 by the tests: internal
+/// addresses and any port allowed (what `--allow-private-urls` gives a gateway tenant).
+pub fn loopback_egress() -> EgressRules {
+    EgressRules {
+        allow_private: true,
+        any_port: true,
+        ..EgressRules::default()
     }
 }
 

@@ -24,7 +24,7 @@ pub mod watch;
 
 use std::time::{Duration, Instant};
 
-pub use client::{Client, Transcript, noise, send_raw};
+pub use client::{Client, Transcript, loopback_egress, noise, send_raw};
 pub use fixtures::{fixtures, large_fixture};
 pub use http::{FixtureServer, large_url, server};
 pub use paths::{release_bin, repo_root, yt_dlp};

@@ -25,6 +25,8 @@ async fn stream_as(sc: &Sidecar, tenant: &str, url: &str, format: &str) -> Trans
         format: format.to_owned(),
         tenant: Some(tenant.to_owned()),
         request_id: None,
+        egress: loopback_egress(),
+        ..Default::default()
     };
     client.send(Frame::Stream(job)).await.unwrap();
     client.collect(SLOW).await
@@ -37,6 +39,8 @@ async fn resolve_as(sc: &Sidecar, tenant: &str, url: &str) -> Transcript {
         url: url.to_owned(),
         tenant: Some(tenant.to_owned()),
         request_id: None,
+        egress: loopback_egress(),
+        ..Default::default()
     };
     client.send(Frame::Resolve(job)).await.unwrap();
     client.collect(SLOW).await

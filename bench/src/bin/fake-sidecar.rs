@@ -112,6 +112,8 @@ async fn serve(
             version: PROTOCOL_VERSION,
             sidecar: "fake-0.1.0".into(),
             yt_dlp: "none".into(),
+            // It makes no connection at all.
+            egress: streamgate_protocol::EgressMode::Netns,
         },
     )
     .await?;
