@@ -111,7 +111,10 @@ mod tests {
     fn canonical_forms() {
         let ok = |s: &str| canonical_url(s).unwrap();
         assert_eq!(ok("HTTP://Example.COM"), "http://example.com/");
-        assert_eq!(ok("http://example.com:80/a/../b?x=1#frag"), "http://example.com/b?x=1");
+        assert_eq!(
+            ok("http://example.com:80/a/../b?x=1#frag"),
+            "http://example.com/b?x=1"
+        );
         assert_eq!(ok("http://2130706433/v.mp4"), "http://127.0.0.1/v.mp4");
         assert_eq!(ok("http://0x7f.1/"), "http://127.0.0.1/");
         assert_eq!(ok("http://0177.0.0.1/"), "http://127.0.0.1/");
@@ -123,8 +126,14 @@ mod tests {
     fn refusals() {
         let err = |s: &str| canonical_url(s).unwrap_err();
         assert_eq!(err(""), InputError::UrlLength);
-        assert_eq!(err(&format!("http://e.com/{}", "a".repeat(MAX_URL_LEN))), InputError::UrlLength);
-        assert_eq!(err("http://allowed.example\\@127.0.0.1:8080/f.mp4"), InputError::UrlBackslash);
+        assert_eq!(
+            err(&format!("http://e.com/{}", "a".repeat(MAX_URL_LEN))),
+            InputError::UrlLength
+        );
+        assert_eq!(
+            err("http://allowed.example\\@127.0.0.1:8080/f.mp4"),
+            InputError::UrlBackslash
+        );
         assert_eq!(err("http://user:pw@example.com/"), InputError::UrlUserinfo);
         assert_eq!(err("http://@example.com/"), InputError::UrlUserinfo);
         assert_eq!(err("http://example.com/ a"), InputError::UrlControl);
@@ -134,23 +143,39 @@ mod tests {
         assert_eq!(err("file:///etc/passwd"), InputError::UrlScheme);
         assert_eq!(err("ftp://example.com/"), InputError::UrlScheme);
         assert_eq!(err("javascript:alert(1)"), InputError::UrlScheme);
-        assert!(matches!(err("http://"), InputError::UrlSyntax(_) | InputError::UrlHost));
+        assert!(matches!(
+            err("http://"),
+            InputError::UrlSyntax(_) | InputError::UrlHost
+        ));
         assert!(matches!(err("not a url"), InputError::UrlControl));
         assert!(matches!(err("-o/tmp/x"), InputError::UrlSyntax(_)));
     }
 
     #[test]
     fn formats() {
-        for ok in ["best", "18", "bv*+ba/b", "bv[height<=720]+ba", "b[format_note=all]", "worst"] {
+        for ok in [
+            "best",
+            "18",
+            "bv*+ba/b",
+            "bv[height<=720]+ba",
+            "b[format_note=all]",
+            "worst",
+        ] {
             assert_eq!(check_format(ok), Ok(()), "{ok}");
         }
         assert_eq!(check_format(""), Err(InputError::FormatLength));
         assert_eq!(check_format("-x"), Err(InputError::FormatLength));
-        assert_eq!(check_format(&"b/".repeat(200)), Err(InputError::FormatLength));
+        assert_eq!(
+            check_format(&"b/".repeat(200)),
+            Err(InputError::FormatLength)
+        );
         assert_eq!(check_format("18,22"), Err(InputError::FormatMulti));
         assert_eq!(check_format("all"), Err(InputError::FormatMulti));
         assert_eq!(check_format("bv+ALL"), Err(InputError::FormatMulti));
-        assert_eq!(check_format("mergeall[vcodec=none]"), Err(InputError::FormatMulti));
+        assert_eq!(
+            check_format("mergeall[vcodec=none]"),
+            Err(InputError::FormatMulti)
+        );
         assert_eq!(check_format("b\n"), Err(InputError::FormatControl));
     }
 }

@@ -6,7 +6,9 @@
 # Workers are double-forked, so their parent is the sidecar (a child subreaper): it sees
 # their real exit status and reaps them. A worker that takes a job calls setsid (its own
 # process group, killed as one on cancel), dup2s the pipes it got over SCM_RIGHTS onto
-# 1, 2, 3, 4, acks its pid on the job's status socket and runs yt_dlp.main(argv).
+# 1, 2, 3, 4, acks its pid on the job's status socket, joins the job's network namespace
+# (netns mode: the fd sent last), moves into the job's own directory and runs
+# yt_dlp.main(argv). Run as `python -I`: nothing is imported from a cwd.
 #
 # argv: IDLE FFMPEG_LOCATION ('' for none). cwd and environment are the jobs' own.
 import ctypes
@@ -26,6 +28,7 @@ import traceback
 JOB_FD = 3
 REFILL_DELAY = 0.3  # seconds
 PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
+CLONE_NEWNET = 0x40000000
 libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -148,7 +151,13 @@ def worker(yt_dlp, jobs, notify_w, intermediate, sidecar):
     os.write(notify_w, b'.')  # the forkserver forks a replacement
     os.setsid()
     job = json.loads(msg)
-    status, pipes = fds[0], fds[1:]
+    status, pipes = fcntl.fcntl(fds[0], fcntl.F_DUPFD, 100), fds[1:]
+    os.close(fds[0])  # the copy above 100 cannot be clobbered by the dup2s below
+    netns = None
+    if job.get('netns'):  # kept above the fds the pipes are dup2ed onto
+        low = pipes.pop()
+        netns = fcntl.fcntl(low, fcntl.F_DUPFD, 100)
+        os.close(low)
     high = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in pipes]
     for fd in pipes:
         os.close(fd)
@@ -162,6 +171,14 @@ def worker(yt_dlp, jobs, notify_w, intermediate, sidecar):
         os.write(status, json.dumps({'pid': os.getpid(), 'got': got}).encode() + b'\n')
     except OSError:
         os._exit(1)
+    if netns is not None:
+        if libc.setns(netns, CLONE_NEWNET) != 0:
+            print(f'ERROR: cannot join the job network namespace: errno {ctypes.get_errno()}',
+                  file=sys.stderr, flush=True)
+            os._exit(1)
+        os.close(netns)
+    os.chdir(job['cwd'])
+    os.environ.update(job['env'])
     os._exit(run(yt_dlp, job['argv']))
 
 

@@ -10,8 +10,9 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tracing::{debug, info, warn};
 
-use crate::classify::{classify, merge_refused};
+use crate::classify::{self, classify, merge_refused};
 use crate::proc::Proc;
+use crate::sandbox::Sandbox;
 use crate::server::{Rx, Shared, Tx};
 use crate::sniff::sniff;
 
@@ -60,17 +61,22 @@ pub(crate) async fn peer_event(rx: &mut Rx) -> Peer {
 struct Info {
     title: Option<String>,
     filesize: Option<u64>,
+    filesize_approx: Option<f64>,
     format_id: Option<String>,
     vcodec: Option<String>,
     protocol: Option<String>,
 }
 
 /// Runs the job until it ends; the caller closes the connection afterwards.
-/// `started` is when the job frame arrived: the debug timings are relative to it.
+/// `started` is when the job frame arrived: the debug timings are relative to it. Media
+/// larger than `max_filesize` ends with `too_large`, before its first byte when its size
+/// is announced, else when the count passes it.
 pub async fn run(
     shared: &Shared,
     mut proc: Proc,
     started: Instant,
+    sandbox: &Sandbox,
+    max_filesize: Option<u64>,
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
@@ -131,11 +137,20 @@ pub async fn run(
                 Some(line) => parse_info(tokio::time::timeout(Duration::from_secs(5), line).await),
                 None => Info::default(),
             };
+            let announced = info.filesize.or(info.filesize_approx.map(|s| s as u64));
+            if let Some(max) = max_filesize.filter(|max| announced.is_some_and(|s| s > *max)) {
+                proc.kill().await;
+                return fail(tx, too_large(max), 0).await;
+            }
             let meta = metadata(&info, &chunk);
             info!(ext = %meta.ext, mime = %meta.mime, format = ?info.format_id, "streaming");
             frames.push(Frame::Metadata(meta));
         }
         total += chunk.len() as u64;
+        if let Some(max) = max_filesize.filter(|max| total > *max) {
+            proc.kill().await;
+            return fail(tx, too_large(max), total - chunk.len() as u64).await;
+        }
         frames.push(Frame::Data(chunk.freeze()));
         for frame in frames {
             // `send` flushes: no further read from yt-dlp until the socket took this chunk.
@@ -157,11 +172,24 @@ pub async fn run(
             debug!(ms = ms(started), "metadata and first data sent");
         }
     }
-    finish(proc, total, tx, rx).await
+    finish(proc, total, sandbox, tx, rx).await
+}
+
+fn too_large(max: u64) -> JobError {
+    JobError::new(
+        ErrorCode::TooLarge,
+        format!("the media is larger than {max} bytes"),
+    )
 }
 
 /// stdout is closed: the exit status and stderr decide between `end` and `error`.
-async fn finish(mut proc: Proc, total: u64, tx: &mut Tx, rx: &mut Rx) -> Outcome {
+async fn finish(
+    mut proc: Proc,
+    total: u64,
+    sandbox: &Sandbox,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Outcome {
     let stderr = proc.stderr.clone();
     let status = tokio::select! {
         biased;
@@ -185,7 +213,7 @@ async fn finish(mut proc: Proc, total: u64, tx: &mut Tx, rx: &mut Rx) -> Outcome
             Outcome::Done { bytes: total }
         }
         Some(s) if s.success() => {
-            let err = if merge_refused(&text) {
+            let err = if merge_refused(&text) || text.contains(classify::TOO_LARGE) {
                 classify(&text, status)
             } else {
                 JobError::new(
@@ -193,9 +221,9 @@ async fn finish(mut proc: Proc, total: u64, tx: &mut Tx, rx: &mut Rx) -> Outcome
                     "yt-dlp finished without sending any data",
                 )
             };
-            fail(tx, err, total).await
+            fail(tx, sandbox.explain(err), total).await
         }
-        _ => fail(tx, classify(&text, status), total).await,
+        _ => fail(tx, sandbox.explain(classify(&text, status)), total).await,
     }
 }
 

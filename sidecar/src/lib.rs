@@ -6,10 +6,12 @@
 
 mod cache;
 mod classify;
+mod egress;
 mod job;
 mod pool;
 mod proc;
 mod resolve;
+mod sandbox;
 mod server;
 mod sniff;
 mod ytdlp;
@@ -19,6 +21,7 @@ use std::time::Duration;
 
 pub use cache::{Cache, CacheLimits};
 pub use classify::{classify, merge_refused};
+pub use egress::netns::enter_user_namespace;
 pub use server::{Server, bind_socket};
 pub use sniff::{Sniffed, sniff};
 pub use ytdlp::{STREAM_DOWNLOADERS, YtDlp, default_yt_dlp};
@@ -44,9 +47,12 @@ pub struct Config {
     pub yt_dlp: PathBuf,
     /// Passed to yt-dlp as `--ffmpeg-location` when set.
     pub ffmpeg: Option<PathBuf>,
-    /// The private, empty directory used as cwd, HOME, TMPDIR and XDG_CACHE_HOME of every
-    /// job. `None`: a fresh one is made under the system temp dir and removed on exit.
+    /// The private, empty directory under which every job gets a fresh directory of its own
+    /// (its cwd, HOME, TMPDIR, caches; removed after the job). `None`: a fresh one is made
+    /// under the system temp dir and removed on exit.
     pub work_dir: Option<PathBuf>,
+    /// Refuse to start unless jobs can run in network namespaces of their own.
+    pub require_netns: bool,
     /// Names of environment variables passed through to yt-dlp (e.g. `HTTPS_PROXY`).
     pub pass_env: Vec<String>,
     /// Idle pre-forked workers of the warm pool; 0 disables the pool (every job spawns).
@@ -94,6 +100,12 @@ pub enum Error {
     /// Spawning a job's process failed.
     #[error("cannot start yt-dlp: {0}")]
     Spawn(std::io::Error),
+    /// `--require-netns` and no network namespace can be made.
+    #[error("--require-netns: cannot make a network namespace for jobs: {0}")]
+    Netns(std::io::Error),
+    /// A job's network (namespace, proxy listener) cannot be set up.
+    #[error("cannot set up the job's network: {0}")]
+    Network(std::io::Error),
     /// Installing the signal handlers failed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),

@@ -63,6 +63,11 @@ struct Args {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// Refuse to start unless every job can run in a network namespace of its own (root, or
+    /// a kernel allowing unprivileged user namespaces); otherwise a job that ignores its
+    /// proxy setting is not stopped.
+    #[arg(long)]
+    require_netns: bool,
 }
 
 fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -70,9 +75,20 @@ fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
         .with_context(|| format!("--{name} must be a non-negative number"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    // Before any thread exists: a user namespace can only be entered single-threaded.
+    // (Not with --socket-group: that group would not be mapped into the namespace.)
+    let userns = match args.socket_group {
+        None => streamgate_sidecar::enter_user_namespace(),
+        Some(_) => Err(std::io::Error::other("--socket-group is set")),
+    };
+    tokio::runtime::Runtime::new()
+        .context("starting the async runtime")?
+        .block_on(serve(args, userns))
+}
+
+async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
@@ -82,6 +98,9 @@ async fn main() -> anyhow::Result<()> {
         logs.json().init();
     } else {
         logs.init();
+    }
+    if let Err(e) = userns {
+        tracing::debug!("no user namespace (network namespaces need root then): {e}");
     }
     anyhow::ensure!(args.max_jobs > 0, "--max-jobs must be at least 1");
     let config = Config {
@@ -95,6 +114,7 @@ async fn main() -> anyhow::Result<()> {
         yt_dlp: args.yt_dlp.unwrap_or_else(default_yt_dlp),
         ffmpeg: args.ffmpeg,
         work_dir: args.work_dir,
+        require_netns: args.require_netns,
         pass_env: args.pass_env,
         pool_idle: if args.no_pool {
             0

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::Error;
 use crate::proc::{Ends, Leader, Proc, job_pipes};
-use crate::ytdlp::{INFO_FD, YtDlp};
+use crate::ytdlp::{INFO_FD, Place, YtDlp};
 
 const SCRIPT: &str = include_str!("../python/forkserver.py");
 /// The forkserver's end of the job socket.
@@ -132,7 +132,9 @@ impl Pool {
             socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags).map_err(to_io)?;
         let ffmpeg: OsString = self.ytdlp.ffmpeg().map(Into::into).unwrap_or_default();
         let mut cmd = Command::new(&self.python);
-        cmd.arg("-c")
+        // -I: no cwd or script dir on sys.path, no PYTHON* variables, no user site.
+        cmd.arg("-I")
+            .arg("-c")
             .arg(SCRIPT)
             .arg(self.idle.to_string())
             .arg(ffmpeg)
@@ -184,12 +186,14 @@ impl Pool {
         Ok((child, socket))
     }
 
-    /// Runs a job on a pool worker; `None` when the pool cannot take it (spawn instead).
+    /// Runs a job on a pool worker in its `place`; `None` when the pool cannot take it
+    /// (spawn instead).
     pub async fn run(
         &self,
         args: &[OsString],
         with_meta: bool,
         info: Option<OwnedFd>,
+        place: Place<'_>,
     ) -> Option<Result<Proc, Error>> {
         let received = Instant::now();
         let socket = self
@@ -223,7 +227,28 @@ impl Pool {
                 targets.push(target);
             }
         }
-        let msg = serde_json::json!({ "argv": argv?, "fds": targets }).to_string();
+        // The namespace fd travels last; the worker joins it instead of dup2ing it.
+        if let Some(ns) = place.ns {
+            fds.push(ns);
+        }
+        let env: serde_json::Map<String, serde_json::Value> = place
+            .env()
+            .iter()
+            .map(|(k, v)| {
+                (
+                    (*k).to_owned(),
+                    v.to_str().map(Into::into).unwrap_or_default(),
+                )
+            })
+            .collect();
+        let msg = serde_json::json!({
+            "argv": argv?,
+            "fds": targets,
+            "cwd": place.dir.to_str()?,
+            "env": env,
+            "netns": place.ns.is_some(),
+        })
+        .to_string();
         let rights = [ControlMessage::ScmRights(&fds)];
         let iov = [IoSlice::new(msg.as_bytes())];
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;

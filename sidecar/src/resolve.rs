@@ -11,6 +11,7 @@ use tracing::info;
 use crate::classify::classify;
 use crate::job::{LAST_FRAME_TIMEOUT, Outcome, fail, peer_event, stop};
 use crate::proc::Proc;
+use crate::sandbox::Sandbox;
 use crate::server::{Rx, Shared, Tx};
 
 /// `-J` of a big site can be several MB; more than this is refused rather than buffered.
@@ -25,6 +26,9 @@ struct RawInfo {
     thumbnail: Option<String>,
     #[serde(default)]
     formats: Vec<RawFormat>,
+    /// A page with several videos: `--playlist-items 1` keeps the first, described here.
+    #[serde(default)]
+    entries: Vec<RawInfo>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +48,7 @@ pub async fn run(
     shared: &Shared,
     mut proc: Proc,
     key: (Option<&str>, &str),
+    sandbox: &Sandbox,
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
@@ -98,10 +103,13 @@ pub async fn run(
     let status = proc.wait(Duration::from_secs(10)).await;
     stderr.catch_up();
     if !status.is_some_and(|s| s.success()) {
-        return fail(tx, classify(&stderr.text(), status), 0).await;
+        return fail(tx, sandbox.explain(classify(&stderr.text(), status)), 0).await;
     }
     match serde_json::from_slice::<RawInfo>(&json) {
-        Ok(raw) => {
+        Ok(mut raw) => {
+            if !raw.entries.is_empty() {
+                raw = raw.entries.swap_remove(0);
+            }
             let info = trim(raw);
             shared.cache.put(key.0, key.1, json.into());
             info!(formats = info.formats.len(), "resolved");

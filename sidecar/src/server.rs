@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use futures::SinkExt;
 use futures::stream::{SplitSink, SplitStream, StreamExt};
 use streamgate_protocol::{
-    Connection, ErrorCode, Frame, JobError, ProtocolError, Welcome, connection, next_frame,
-    server_handshake,
+    Connection, EgressMode, EgressRules, ErrorCode, Frame, JobError, ProtocolError, Welcome,
+    connection, input, next_frame, server_handshake,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
@@ -19,9 +19,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
+use crate::egress::{Egress, EgressError, Rules, Upstream, netns};
 use crate::job::{self, Outcome};
 use crate::pool::Pool;
-use crate::ytdlp::YtDlp;
+use crate::sandbox::Sandbox;
+use crate::ytdlp::{JobArgs, Place, YtDlp};
 use crate::{Cache, Config, Error, resolve};
 
 /// Sending half of a client connection.
@@ -40,6 +42,8 @@ pub(crate) struct Shared {
     pub pool: Option<Arc<Pool>>,
     /// Resolve results for streams of the same URL.
     pub cache: Cache,
+    /// Where each job's own directory is made.
+    work_dir: PathBuf,
     pub welcome: Welcome,
     /// One permit per running job.
     slots: Arc<Semaphore>,
@@ -127,6 +131,16 @@ impl Server {
     /// Checks yt-dlp, prepares the work dir, becomes a child subreaper and binds the socket.
     pub async fn start(config: Config) -> Result<Server, Error> {
         let (work_dir, own) = prepare_work_dir(&config)?;
+        let egress = match netns::probe() {
+            Ok(mode) => mode,
+            Err(e) if config.require_netns => return Err(Error::Netns(e)),
+            Err(e) => {
+                warn!(
+                    "no network namespace for jobs ({e}): a job that ignores its proxy is not stopped"
+                );
+                EgressMode::Proxy
+            }
+        };
         let ytdlp = YtDlp::new(
             config.yt_dlp.clone(),
             &work_dir,
@@ -148,7 +162,8 @@ impl Server {
         };
         let listener = bind_socket(&config.socket, config.socket_group.as_deref())?;
         info!(socket = %config.socket.display(), %yt_dlp, work_dir = %work_dir.display(),
-              max_jobs = config.max_jobs, queue = config.queue, "sidecar listening");
+              max_jobs = config.max_jobs, queue = config.queue, egress = egress.as_str(),
+              "sidecar listening");
         let shared = Arc::new(Shared {
             slots: Arc::new(Semaphore::new(config.max_jobs)),
             waiting: AtomicUsize::new(0),
@@ -157,10 +172,12 @@ impl Server {
                 version: streamgate_protocol::PROTOCOL_VERSION,
                 sidecar: env!("CARGO_PKG_VERSION").to_owned(),
                 yt_dlp,
+                egress,
             },
             ytdlp,
             pool,
             cache: Cache::new(config.cache),
+            work_dir: work_dir.clone(),
             config,
             draining: CancellationToken::new(),
             kill_jobs: CancellationToken::new(),
@@ -249,14 +266,21 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             _ = shared.draining.cancelled() => return,
         };
         let started = Instant::now();
-        let (kind, url, format, tenant) = match request {
+        let (kind, url, format, tenant, egress, max_filesize) = match request {
             Ok(Frame::Stream(j)) => {
                 record(&j.tenant, &j.request_id);
-                ("stream", j.url, Some(j.format), j.tenant)
+                (
+                    "stream",
+                    j.url,
+                    Some(j.format),
+                    j.tenant,
+                    j.egress,
+                    j.max_filesize,
+                )
             }
             Ok(Frame::Resolve(j)) => {
                 record(&j.tenant, &j.request_id);
-                ("resolve", j.url, None, j.tenant)
+                ("resolve", j.url, None, j.tenant, j.egress, None)
             }
             Ok(Frame::Cancel) | Err(ProtocolError::Closed { .. }) => return,
             Ok(other) => {
@@ -278,6 +302,8 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                 url: &url,
                 format: format.as_deref(),
                 tenant: tenant.as_deref(),
+                egress: &egress,
+                max_filesize,
                 started,
             };
             let outcome = run_job(&shared, job, &mut tx, &mut rx).await;
@@ -329,35 +355,68 @@ struct Job<'a> {
     url: &'a str,
     format: Option<&'a str>,
     tenant: Option<&'a str>,
+    egress: &'a EgressRules,
+    max_filesize: Option<u64>,
     started: Instant,
 }
 
-/// Refuses bad input, waits for a slot, starts yt-dlp (pool worker or spawned) and hands
-/// over to the job.
+/// Refuses bad input and URLs the egress refuses, waits for a slot, makes the job's
+/// sandbox, starts yt-dlp in it (pool worker or spawned) and hands over to the job.
 async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Outcome {
     let Job {
         url,
         format,
         tenant,
+        egress,
+        max_filesize,
         started,
     } = job;
-    if let Some(reason) = bad_input(url, format) {
-        return job::fail(tx, JobError::new(reason.0, reason.1), 0).await;
+    if let Err(e) = check_input(url, format) {
+        return job::fail(tx, e, 0).await;
+    }
+    let egress = match job_egress(egress) {
+        Ok(e) => Arc::new(e),
+        Err(e) => return job::fail(tx, e, 0).await,
+    };
+    let parsed = url::Url::parse(url).expect("checked by check_input");
+    if let Err(e) = egress.check_url(&parsed).await {
+        let code = match e {
+            EgressError::Denied(_) => ErrorCode::EgressDenied,
+            _ => ErrorCode::UpstreamFailed,
+        };
+        return job::fail(tx, JobError::new(code, e.to_string()), 0).await;
     }
     let _permit = match acquire(shared, rx).await {
         Slot::Got(p) => p,
         Slot::Busy(msg) => return job::fail(tx, JobError::new(ErrorCode::Busy, msg), 0).await,
         Slot::PeerLeft => return Outcome::Cancelled { bytes: 0 },
     };
+    let sandbox = match Sandbox::new(&shared.work_dir, shared.welcome.egress, egress) {
+        Ok(s) => s,
+        Err(e) => {
+            error!("{e}");
+            return job::fail(tx, JobError::new(ErrorCode::Internal, e.to_string()), 0).await;
+        }
+    };
     let cached = format.and_then(|_| shared.cache.get(tenant, url));
     if let Some(json) = &cached {
         debug!(bytes = json.len(), "extraction cache hit");
     }
-    let args = match format {
-        Some(f) => shared.ytdlp.stream_args(url, f, cached.is_some()),
-        None => shared.ytdlp.resolve_args(url),
+    let job_args = JobArgs {
+        proxy: sandbox.proxy_url(),
+        max_filesize,
     };
-    let started_proc = match start(shared, args, format.is_some(), cached.as_ref()).await {
+    let args = match format {
+        Some(f) => shared
+            .ytdlp
+            .stream_args(url, f, cached.is_some(), &job_args),
+        None => shared.ytdlp.resolve_args(url, &job_args),
+    };
+    let place = Place {
+        dir: sandbox.dir(),
+        ns: sandbox.ns(),
+    };
+    let started_proc = match start(shared, args, format.is_some(), cached.as_ref(), place).await {
         Ok(p) => p,
         Err(e) => {
             error!("{e}");
@@ -372,9 +431,22 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
         cached = cached.is_some(),
         "job started"
     );
+    // The job kills and reaps its processes on every path before returning; only then is
+    // the sandbox (directory, proxy, namespace) dropped.
     match format {
-        Some(_) => job::run(shared, started_proc, started, tx, rx).await,
-        None => resolve::run(shared, started_proc, (tenant, url), tx, rx).await,
+        Some(_) => {
+            job::run(
+                shared,
+                started_proc,
+                started,
+                &sandbox,
+                max_filesize,
+                tx,
+                rx,
+            )
+            .await
+        }
+        None => resolve::run(shared, started_proc, (tenant, url), &sandbox, tx, rx).await,
     }
 }
 
@@ -385,13 +457,14 @@ async fn start(
     args: Vec<std::ffi::OsString>,
     meta: bool,
     cached: Option<&bytes::Bytes>,
+    place: Place<'_>,
 ) -> Result<crate::proc::Proc, Error> {
     if let Some(pool) = &shared.pool
-        && let Some(proc) = pool.run(&args, meta, info_pipe(cached)?).await
+        && let Some(proc) = pool.run(&args, meta, info_pipe(cached)?, place).await
     {
         return proc;
     }
-    shared.ytdlp.spawn(args, meta, info_pipe(cached)?)
+    shared.ytdlp.spawn(args, meta, info_pipe(cached)?, place)
 }
 
 /// A pipe whose read end yt-dlp gets as fd 4; a task writes the JSON and closes it.
@@ -409,23 +482,34 @@ fn info_pipe(json: Option<&bytes::Bytes>) -> Result<Option<std::os::fd::OwnedFd>
     Ok(Some(rx))
 }
 
-/// Input yt-dlp must never see. `--` already stops option parsing; this is the second lock.
-fn bad_input(url: &str, format: Option<&str>) -> Option<(ErrorCode, &'static str)> {
-    let unsafe_text =
-        |s: &str| s.is_empty() || s.starts_with('-') || s.chars().any(char::is_control);
-    if unsafe_text(url) {
-        return Some((
-            ErrorCode::UnsupportedUrl,
-            "the URL is empty, starts with '-' or has control characters",
-        ));
+/// Input yt-dlp must never see: the gateway's URL and format rules, applied again (a URL
+/// must already be in its canonical form).
+fn check_input(url: &str, format: Option<&str>) -> Result<(), JobError> {
+    match input::canonical_url(url) {
+        Ok(canonical) if canonical == url => {}
+        Ok(_) => {
+            let msg = "the URL is not in canonical form";
+            return Err(JobError::new(ErrorCode::UnsupportedUrl, msg));
+        }
+        Err(e) => return Err(JobError::new(ErrorCode::UnsupportedUrl, e.to_string())),
     }
-    if format.is_some_and(unsafe_text) {
-        return Some((
-            ErrorCode::FormatUnavailable,
-            "the format is empty, starts with '-' or has control characters",
-        ));
+    match format.map(input::check_format) {
+        Some(Err(e)) => Err(JobError::new(ErrorCode::FormatUnavailable, e.to_string())),
+        _ => Ok(()),
     }
-    None
+}
+
+/// The job's egress from the tenant's rules (validated by the gateway: a failure here is a
+/// broken client).
+fn job_egress(rules: &EgressRules) -> Result<Egress, JobError> {
+    let bad = |e: String| JobError::new(ErrorCode::Protocol, format!("egress rules: {e}"));
+    let upstream = rules
+        .proxy
+        .as_deref()
+        .map(Upstream::parse)
+        .transpose()
+        .map_err(bad)?;
+    Ok(Egress::new(Rules::parse(rules).map_err(bad)?, upstream))
 }
 
 enum Slot {

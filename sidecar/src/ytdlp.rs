@@ -15,7 +15,8 @@ use crate::proc::{Ends, Leader, Proc, job_pipes, raw};
 /// Where yt-dlp's `before_dl` info line is written: an extra pipe, not a file.
 const META_FD: i32 = 3;
 /// Only the fields the metadata frame needs, so the line stays small.
-const META_TEMPLATE: &str = "before_dl:%(.{title,ext,filesize,format_id,vcodec,acodec,protocol})j";
+const META_TEMPLATE: &str =
+    "before_dl:%(.{title,ext,filesize,filesize_approx,format_id,vcodec,acodec,protocol})j";
 /// yt-dlp's own HLS and DASH downloaders write every fragment to a file in the cwd
 /// (`--Frag1`) before relaying it; ffmpeg keeps them in memory. ffmpeg cannot write an
 /// (i)pod/mp4 container to a pipe unless it is fragmented, hence the movflags (the mpegts
@@ -27,6 +28,10 @@ pub const STREAM_DOWNLOADERS: &[&str] = &[
     "dash:ffmpeg",
     "--downloader-args",
     "ffmpeg_o:-movflags +frag_keyframe+empty_moov",
+    // No `file:` (a manifest naming local files), no raw `tcp:`/`udp:`: ffmpeg's only way
+    // out is http(s) through the job's proxy (`http_proxy`, set by yt-dlp from `--proxy`).
+    "--downloader-args",
+    "ffmpeg_i:-protocol_whitelist http,https,tcp,tls,crypto,httpproxy",
 ];
 /// Where a cached info JSON is read from (`--load-info-json`): a pipe, not a file.
 pub(crate) const INFO_FD: i32 = 4;
@@ -54,8 +59,31 @@ pub struct YtDlp {
     env: Vec<(OsString, OsString)>,
 }
 
+/// Where one job's process runs: its own directory and, in netns mode, its namespace.
+#[derive(Clone, Copy, Debug)]
+pub struct Place<'a> {
+    pub dir: &'a Path,
+    pub ns: Option<i32>,
+}
+
+impl Place<'_> {
+    /// The variables pointing into the job's directory (cwd, HOME, TMPDIR, caches).
+    pub fn env(&self) -> [(&'static str, &Path); 4] {
+        ["HOME", "TMPDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"].map(|k| (k, self.dir))
+    }
+}
+
+/// What a job's yt-dlp is told besides the URL and format.
+pub struct JobArgs<'a> {
+    /// The job's egress proxy (`--proxy`).
+    pub proxy: &'a str,
+    /// `--max-filesize`, in bytes.
+    pub max_filesize: Option<u64>,
+}
+
 impl YtDlp {
-    /// `work_dir` must be empty and private: it is the jobs' cwd, HOME, TMPDIR and cache.
+    /// `work_dir` must be private: the forkserver's cwd and the parent of every job's own
+    /// directory.
     pub fn new(path: PathBuf, work_dir: &Path, ffmpeg: Option<PathBuf>, pass: &[String]) -> Self {
         let dir = work_dir.as_os_str().to_owned();
         let path_var =
@@ -85,28 +113,44 @@ impl YtDlp {
         }
     }
 
-    /// The executable, for messages.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Options common to every run; the URL always comes after `--`.
-    fn base_args(&self) -> Vec<OsString> {
-        let mut args: Vec<OsString> = ["--ignore-config", "--no-cache-dir", "--no-playlist"]
-            .into_iter()
-            .map(Into::into)
-            .collect();
+    /// Options common to every run; the URL always comes after `--`. No plugins (a file in
+    /// a directory yt-dlp searches would be code it runs), one entry of a page with several
+    /// videos (they would be streamed back to back), every request through the job's proxy.
+    fn base_args(&self, job: &JobArgs) -> Vec<OsString> {
+        let mut args: Vec<OsString> = [
+            "--ignore-config",
+            "--no-cache-dir",
+            "--no-plugin-dirs",
+            "--no-playlist",
+            "--playlist-items",
+            "1",
+            "--proxy",
+            job.proxy,
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
         if let Some(ffmpeg) = &self.ffmpeg {
             args.push("--ffmpeg-location".into());
             args.push(ffmpeg.into());
+        }
+        if let Some(max) = job.max_filesize {
+            args.push("--max-filesize".into());
+            args.push(max.to_string().into());
         }
         args
     }
 
     /// `yt-dlp … -o - -f FORMAT --print-to-file before_dl:… /dev/fd/3 -- URL`; with
     /// `cached`, the info JSON comes from fd 4 instead of an extraction of the URL.
-    pub fn stream_args(&self, url: &str, format: &str, cached: bool) -> Vec<OsString> {
-        let mut args = self.base_args();
+    pub fn stream_args(
+        &self,
+        url: &str,
+        format: &str,
+        cached: bool,
+        job: &JobArgs,
+    ) -> Vec<OsString> {
+        let mut args = self.base_args(job);
         for arg in ["--no-part", "-q", "--no-progress"]
             .iter()
             .chain(STREAM_DOWNLOADERS)
@@ -130,8 +174,8 @@ impl YtDlp {
     }
 
     /// `yt-dlp … -J -- URL`: info only, nothing downloaded.
-    pub fn resolve_args(&self, url: &str) -> Vec<OsString> {
-        let mut args = self.base_args();
+    pub fn resolve_args(&self, url: &str, job: &JobArgs) -> Vec<OsString> {
+        let mut args = self.base_args(job);
         for arg in ["-J", "--", url] {
             args.push(arg.into());
         }
@@ -195,13 +239,14 @@ impl YtDlp {
         (name.starts_with("python") && interp.is_file()).then_some(interp)
     }
 
-    /// Starts one job's process in a new process group. `with_meta` adds the fd-3 pipe;
-    /// `info` (a pipe's read end) becomes fd 4.
+    /// Starts one job's process in a new process group, in its `place`. `with_meta` adds
+    /// the fd-3 pipe; `info` (a pipe's read end) becomes fd 4.
     pub fn spawn(
         &self,
         args: Vec<OsString>,
         with_meta: bool,
         info: Option<OwnedFd>,
+        place: Place,
     ) -> Result<Proc, Error> {
         let (ours, theirs) = job_pipes(with_meta)?;
         let Ends {
@@ -210,14 +255,21 @@ impl YtDlp {
             meta,
         } = theirs;
         let mut cmd = self.command();
-        cmd.args(&args)
+        cmd.current_dir(place.dir)
+            .envs(place.env())
+            .args(&args)
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .process_group(0);
         let moves = [(raw(&meta), META_FD), (raw(&info), INFO_FD)];
-        // SAFETY: between fork and exec only async-signal-safe calls (dup2, fcntl, prctl).
+        let ns = place.ns;
+        // SAFETY: between fork and exec only async-signal-safe calls (setns, dup2, fcntl,
+        // prctl).
         unsafe {
             cmd.pre_exec(move || {
+                if let Some(ns) = ns {
+                    crate::egress::netns::join(ns)?;
+                }
                 // Copies above 10 first, so no source is clobbered by another's dup2.
                 let mut high = [None; 2];
                 for (slot, (fd, _)) in high.iter_mut().zip(moves) {

@@ -1,0 +1,78 @@
+//! What one job runs in: a fresh private directory (its cwd, HOME and TMPDIR, removed with
+//! the job), and its own network — the egress proxy, inside a namespace of the job's own in
+//! netns mode. Dropped after the job's processes are dead.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use streamgate_protocol::{EgressMode, ErrorCode, JobError};
+
+use crate::Error;
+use crate::egress::Egress;
+use crate::egress::netns::JobNet;
+use crate::egress::proxy::JobProxy;
+
+/// One job's directory and network.
+pub(crate) struct Sandbox {
+    dir: PathBuf,
+    ns: Option<OwnedFd>,
+    proxy: JobProxy,
+    egress: Arc<Egress>,
+}
+
+impl Sandbox {
+    /// Makes the job's directory under `root` (mode 0700, a random name) and its network.
+    pub fn new(root: &Path, mode: EgressMode, egress: Arc<Egress>) -> Result<Sandbox, Error> {
+        let dir = root.join(format!("job-{:016x}", crate::egress::random_u128() as u64));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
+            .map_err(Error::Spawn)?;
+        let net = JobNet::new(mode).map_err(|e| {
+            let _ = std::fs::remove_dir(&dir);
+            Error::Network(e)
+        })?;
+        let proxy = JobProxy::start(net.listener, Arc::clone(&egress)).map_err(Error::Network)?;
+        Ok(Sandbox {
+            dir,
+            ns: net.ns,
+            proxy,
+            egress,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The namespace fd the job's processes join, in netns mode.
+    pub fn ns(&self) -> Option<RawFd> {
+        self.ns.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    pub fn proxy_url(&self) -> &str {
+        self.proxy.url()
+    }
+
+    /// A job that failed after the egress refused one of its connections failed because of
+    /// that refusal, whatever yt-dlp made of the proxy's 403.
+    pub fn explain(&self, err: JobError) -> JobError {
+        match self.egress.first_denial() {
+            Some(reason) if err.code != ErrorCode::TooLarge => JobError::new(
+                ErrorCode::EgressDenied,
+                format!("an outbound connection was refused: {reason}"),
+            ),
+            _ => err,
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), "cannot remove the job directory: {e}");
+        }
+    }
+}
