@@ -26,6 +26,10 @@ pub struct GatewayOptions {
     pub sidecar_args: Vec<String>,
     /// `--drain-secs`.
     pub drain_secs: Option<u64>,
+    /// `--listen`; none: `127.0.0.1:0`.
+    pub listen: Option<String>,
+    /// Extra environment variables (e.g. the secrets a config file names).
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for GatewayOptions {
@@ -35,6 +39,8 @@ impl Default for GatewayOptions {
             allow_private_urls: true,
             sidecar_args: Vec::new(),
             drain_secs: None,
+            listen: None,
+            env: Vec::new(),
         }
     }
 }
@@ -56,7 +62,8 @@ impl Gateway {
         let state_dir = dir.path().join("state");
         release_bin("streamgate-sidecar");
         let mut cmd = Command::new(release_bin("streamgate"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--state-dir"])
+        let listen = opts.listen.as_deref().unwrap_or("127.0.0.1:0");
+        cmd.args(["serve", "--listen", listen, "--state-dir"])
             .arg(&state_dir)
             .arg("--yt-dlp")
             .arg(yt_dlp());
@@ -72,6 +79,7 @@ impl Gateway {
         if let Some(secs) = opts.drain_secs {
             cmd.arg("--drain-secs").arg(secs.to_string());
         }
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         Gateway::spawn(cmd, dir, state_dir).await
     }
 

@@ -2,6 +2,10 @@
 //! anything missing) plus `/stall/<file>`, which sends the first MiB of a file with the full
 //! Content-Length and then hangs, for stall-timeout tests. It runs on its own thread and
 //! runtime, so it outlives any one test's runtime and works from sync tests too.
+//!
+//! [`FixtureServer::start_on`] binds a given address (the egress tests' "public" origin on a
+//! TEST-NET address, their "private" service on `127.0.0.1:80`) and serves generated
+//! [`Page`]s (HTML, manifests, redirects) before the directory.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,11 +27,64 @@ pub struct FixtureServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// A generated answer at one exact path, served before the directory's files.
+#[derive(Clone, Debug)]
+pub struct Page {
+    /// The request path it answers, e.g. `/evil/page.html`.
+    pub path: String,
+    /// The status code.
+    pub status: u16,
+    /// Response headers (e.g. `content-type`, `location`).
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Page {
+    /// A `200` with `content_type` and `body` at `path`.
+    pub fn new(path: &str, content_type: &str, body: impl Into<Bytes>) -> Page {
+        Page {
+            path: format!("/{}", path.trim_start_matches('/')),
+            status: 200,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: body.into(),
+        }
+    }
+
+    /// A `302 Found` to `location` at `path`.
+    pub fn redirect(path: &str, location: &str) -> Page {
+        Page {
+            path: format!("/{}", path.trim_start_matches('/')),
+            status: 302,
+            headers: vec![("location".into(), location.into())],
+            body: Bytes::new(),
+        }
+    }
+
+    fn reply(&self) -> warp::reply::Response {
+        let mut response = warp::reply::Response::new(self.body.clone().into());
+        *response.status_mut() =
+            warp::http::StatusCode::from_u16(self.status).expect("a valid status");
+        let headers = response.headers_mut();
+        for (name, value) in &self.headers {
+            let name = warp::http::HeaderName::from_bytes(name.as_bytes()).expect("header name");
+            headers.insert(name, value.parse().expect("header value"));
+        }
+        response
+    }
+}
+
 impl FixtureServer {
     /// Serves `dir` on 127.0.0.1 at a free port.
     pub fn start(dir: &Path) -> FixtureServer {
+        FixtureServer::start_on(dir, SocketAddr::from(([127, 0, 0, 1], 0)), Vec::new())
+    }
+
+    /// Serves `pages`, then `dir`, on `addr` (port 0: a free one). Panics if it cannot bind.
+    pub fn start_on(dir: &Path, addr: SocketAddr, pages: Vec<Page>) -> FixtureServer {
         let dir: PathBuf = dir.to_owned();
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let listener =
+            std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
         listener
             .set_nonblocking(true)
             .expect("nonblocking listener");
@@ -50,7 +107,20 @@ impl FixtureServer {
                     let mut hits = counter.lock().unwrap_or_else(|e| e.into_inner());
                     *hits.entry(info.path().to_owned()).or_insert(0) += 1;
                 });
-                let routes = stall.or(warp::fs::dir(dir)).with(count);
+                let pages = Arc::new(pages);
+                let generated = warp::path::full().and_then(move |path: warp::path::FullPath| {
+                    let page = pages
+                        .iter()
+                        .find(|p| p.path == path.as_str())
+                        .map(Page::reply);
+                    async move { page.ok_or_else(warp::reject::not_found) }
+                });
+                let routes = generated
+                    .or(stall)
+                    .unify()
+                    .or(warp::fs::dir(dir).map(warp::Reply::into_response))
+                    .unify()
+                    .with(count);
                 warp::serve(routes)
                     .incoming(listener)
                     .graceful(async {
@@ -77,6 +147,20 @@ impl FixtureServer {
     pub fn hits(&self, path: &str) -> usize {
         let hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
         hits.get(path).copied().unwrap_or(0)
+    }
+
+    /// Requests answered so far, any path, method or status.
+    pub fn total_hits(&self) -> usize {
+        let hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+        hits.values().sum()
+    }
+
+    /// Every path requested so far with its count, sorted (for assertion messages).
+    pub fn all_hits(&self) -> Vec<(String, usize)> {
+        let hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all: Vec<_> = hits.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        all.sort();
+        all
     }
 
     /// The bound address.

@@ -9,6 +9,8 @@
 //! - [`client`]: the protocol's client side: handshake, one job, every frame recorded.
 //! - [`redis`]: a throwaway `redis-server`, and the two-tenant configs of the limit tests.
 //! - [`watch`]: an inotify watch proving a directory was never written to.
+//! - [`netns`]: a test re-run in a network namespace of its own, with a "public" TEST-NET
+//!   origin and a hosts file (the egress tests).
 
 #![deny(missing_docs)]
 
@@ -16,6 +18,7 @@ pub mod client;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;
+pub mod netns;
 pub mod paths;
 pub mod process;
 pub mod redis;
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 
 pub use client::{Client, Transcript, loopback_egress, noise, send_raw};
 pub use fixtures::{fixtures, large_fixture};
-pub use http::{FixtureServer, large_url, server};
+pub use http::{FixtureServer, Page, large_url, server};
 pub use paths::{release_bin, repo_root, yt_dlp};
 pub use process::{ChildGuard, ProcInfo, descendants};
 pub use sidecar::{Sidecar, SidecarOptions};

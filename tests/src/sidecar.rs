@@ -27,6 +27,8 @@ pub struct SidecarOptions {
     /// `Some(false)`: `--no-pool` (every job spawns yt-dlp); `None`: the sidecar's default
     /// (the warm pool), unless `STREAMGATE_TEST_SIDECAR_POOL=0` says otherwise.
     pub pool: Option<bool>,
+    /// `--yt-dlp`; default: the project's pinned one ([`yt_dlp`]).
+    pub yt_dlp: Option<PathBuf>,
     /// Further arguments, verbatim.
     pub extra: Vec<String>,
 }
@@ -62,7 +64,7 @@ impl Sidecar {
         cmd.arg("--socket")
             .arg(&socket)
             .arg("--yt-dlp")
-            .arg(yt_dlp())
+            .arg(opts.yt_dlp.clone().unwrap_or_else(yt_dlp))
             .arg("--work-dir")
             .arg(&work_dir);
         let numbers = [
