@@ -25,7 +25,8 @@ fn main() {
     let workspace = manifest_dir
         .parent()
         .expect("gateway/ is inside the workspace");
-    for watched in ["plugins", "wit", "Cargo.toml", "Cargo.lock"] {
+    // `addr/`: policy-allowlist depends on `streamgate-addr` by path.
+    for watched in ["plugins", "addr", "wit", "Cargo.toml", "Cargo.lock"] {
         println!(
             "cargo:rerun-if-changed={}",
             workspace.join(watched).display()

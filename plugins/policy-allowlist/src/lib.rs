@@ -8,13 +8,21 @@
 //! - `api_key` / `api_keys`: one or several (comma-separated) keys; when set, requests must
 //!   carry one in the header named by `api_key_header` (default `x-api-key`).
 //! - `force_format`, `force_filename`: changes applied to every allowed request.
+//! - `public_resolve`: `true` lets anyone who reaches the gateway call `POST /v1/resolve`
+//!   without an API key; default `false`.
+//! - `resolve_clients`: comma-separated address blocks (`127.0.0.0/8,::1/128`) whose
+//!   clients may resolve without an API key.
+//!
+//! Resolve runs yt-dlp against any URL a caller names, so it needs credentials: an API key,
+//! `public_resolve`, or a client inside `resolve_clients`; anything else is a 401.
 //!
 //! Host names are parsed as browsers do (WHATWG URL), which also turns `2130706433`,
 //! `0x7f.1`, `0177.0.0.1` and `127.1` into `127.0.0.1` before the address check.
 
-mod addr;
+use std::net::{IpAddr, SocketAddr};
 
 use sha2::{Digest, Sha256};
+use streamgate_addr::Cidr;
 use subtle::ConstantTimeEq;
 use url::{Host, Url};
 
@@ -22,6 +30,7 @@ wit_bindgen::generate!({ path: "../../wit", world: "policy-plugin" });
 
 use exports::streamgate::plugin::policy::{Changes, Decision, Guest};
 use streamgate::plugin::config;
+use streamgate::plugin::log::{Level, log};
 use streamgate::plugin::types::{Denial, HttpRequest, StreamRequest};
 
 fn deny(status: u16, reason: &str) -> Decision {
@@ -63,6 +72,35 @@ fn api_key_matches(given: &str, keys: &[String]) -> bool {
     })
 }
 
+/// A resolve request: the only POST route, whatever spelling of its path reached it.
+fn is_resolve(request: &HttpRequest) -> bool {
+    request.method == "POST" || request.path.trim_end_matches('/') == "/v1/resolve"
+}
+
+/// Whether an anonymous client may resolve: `public_resolve`, or its address (`ip:port`,
+/// `[v6]:port`) is inside `resolve_clients`. A block that does not parse matches nothing.
+fn anonymous_resolve_allowed(client_addr: &str) -> bool {
+    if config::get("public_resolve").is_some_and(|v| v == "true") {
+        return true;
+    }
+    let client = client_addr
+        .parse::<SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| client_addr.parse::<IpAddr>());
+    let Ok(client) = client else {
+        return false;
+    };
+    list("resolve_clients")
+        .iter()
+        .any(|block| match block.parse::<Cidr>() {
+            Ok(cidr) => cidr.contains(client),
+            Err(e) => {
+                log(Level::Warn, &format!("resolve_clients: {block:?}: {e}"));
+                false
+            }
+        })
+}
+
 struct Component;
 
 impl Guest for Component {
@@ -94,6 +132,8 @@ impl Guest for Component {
                 }
                 Some(_) => {}
             }
+        } else if is_resolve(&request) && !anonymous_resolve_allowed(&request.client_addr) {
+            return deny(401, "resolve needs credentials");
         }
 
         let Ok(url) = Url::parse(wanted.url.trim()) else {
@@ -105,9 +145,9 @@ impl Guest for Component {
         let allow_private = config::get("allow_private").is_some_and(|v| v == "true");
         let internal = match url.host() {
             None => return deny(400, "URL has no host"),
-            Some(Host::Ipv4(ip)) => addr::v4_is_internal(ip),
-            Some(Host::Ipv6(ip)) => addr::v6_is_internal(ip),
-            Some(Host::Domain(name)) => addr::name_is_internal(name),
+            Some(Host::Ipv4(ip)) => streamgate_addr::v4_is_internal(ip),
+            Some(Host::Ipv6(ip)) => streamgate_addr::v6_is_internal(ip),
+            Some(Host::Domain(name)) => streamgate_addr::name_is_internal(name),
         };
         if internal && !allow_private {
             return deny(403, "URL points at a private or local address");

@@ -171,6 +171,91 @@ async fn allowlist_api_key_and_forced_changes() {
     }
 }
 
+/// A resolve request (`POST /v1/resolve`) from `client_addr`, with an optional API key.
+fn resolve_from(client_addr: &str, key: Option<&str>) -> RequestInfo {
+    let mut req = request("acme");
+    req.method = "POST".into();
+    req.path = "/v1/resolve".into();
+    req.client_addr = client_addr.into();
+    if let Some(key) = key {
+        req.headers.push(("x-api-key".into(), key.into()));
+    }
+    req
+}
+
+async fn verdict(plugin: &PolicyPlugin, req: &RequestInfo) -> (u16, String) {
+    match check(plugin, req, "https://media.example.com/v").await {
+        PolicyDecision::Allow { .. } => (200, String::new()),
+        PolicyDecision::Deny(denial) => (denial.status, denial.reason),
+    }
+}
+
+#[tokio::test]
+async fn allowlist_resolve_needs_credentials_by_default() {
+    let _quiet = super::shared().await;
+    let plugin = allowlist(&[("hosts", "*")]);
+    for client in ["127.0.0.1:40000", "198.51.100.2:5000", "[::1]:4000", ""] {
+        let got = verdict(&plugin, &resolve_from(client, None)).await;
+        assert_eq!(got, (401, "resolve needs credentials".into()), "{client}");
+    }
+    // Any POST is a resolve, whatever spelling of the path reached it.
+    let mut odd = resolve_from("198.51.100.2:5000", None);
+    odd.path = "/v1/resolve/".into();
+    assert_eq!(verdict(&plugin, &odd).await.0, 401);
+    odd.method = "GET".into();
+    assert_eq!(verdict(&plugin, &odd).await.0, 401);
+    // Streams stay anonymous.
+    let stream = request("acme");
+    assert_eq!(verdict(&plugin, &stream).await.0, 200);
+}
+
+#[tokio::test]
+async fn allowlist_resolve_opens_to_a_key_public_resolve_or_resolve_clients() {
+    let _quiet = super::shared().await;
+    let keyed = allowlist(&[("hosts", "*"), ("api_key", "k")]);
+    let far = "198.51.100.2:5000";
+    assert_eq!(verdict(&keyed, &resolve_from(far, Some("k"))).await.0, 200);
+    assert_eq!(verdict(&keyed, &resolve_from(far, Some("x"))).await.0, 401);
+    assert_eq!(verdict(&keyed, &resolve_from(far, None)).await.0, 401);
+
+    let public = allowlist(&[("hosts", "*"), ("public_resolve", "true")]);
+    assert_eq!(verdict(&public, &resolve_from(far, None)).await.0, 200);
+    let not_public = allowlist(&[("hosts", "*"), ("public_resolve", "yes")]);
+    assert_eq!(verdict(&not_public, &resolve_from(far, None)).await.0, 401);
+
+    // The embedded default's blocks, an intranet block, and one that does not parse.
+    let blocks = "127.0.0.0/8, ::1/128, 10.20.0.0/16, not-a-block";
+    let clients = allowlist(&[("hosts", "*"), ("resolve_clients", blocks)]);
+    for (client, want) in [
+        ("127.0.0.1:40000", 200),
+        ("127.9.8.7:1", 200),
+        ("[::1]:4000", 200),
+        ("[::ffff:127.0.0.1]:4000", 200),
+        ("10.20.3.4:80", 200),
+        ("10.21.0.1:80", 401),
+        ("198.51.100.2:5000", 401),
+        ("[2001:db8::1]:443", 401),
+        ("[::2]:4000", 401),
+        ("", 401),
+        ("garbage", 401),
+    ] {
+        let got = verdict(&clients, &resolve_from(client, None)).await.0;
+        assert_eq!(got, want, "{client}");
+    }
+    // A key, when configured, is the only way in: the client's address does not replace it.
+    let both = allowlist(&[
+        ("hosts", "*"),
+        ("api_key", "k"),
+        ("resolve_clients", "127.0.0.0/8"),
+    ]);
+    let local = "127.0.0.1:40000";
+    assert_eq!(verdict(&both, &resolve_from(local, None)).await.0, 401);
+    // Credentials do not lift the URL checks.
+    let req = resolve_from(local, None);
+    let inner = check(&clients, &req, "http://169.254.169.254/latest/meta-data/").await;
+    assert!(matches!(inner, PolicyDecision::Deny(d) if d.status == 403));
+}
+
 fn auth_hmac(pairs: &[(&str, &str)]) -> PolicyPlugin {
     engine()
         .load_policy("auth-hmac", builtin::AUTH_HMAC, config(pairs))
