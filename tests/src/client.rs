@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use streamgate_protocol::{
-    Connection, Frame, JobError, MediaInfo, Metadata, ProtocolError, EgressRules, ResolveJob, StreamJob,
-    Welcome, client_handshake, connection, kind,
+    Connection, EgressRules, Frame, JobError, MediaInfo, Metadata, ProtocolError, ResolveJob,
+    StreamJob, Welcome, client_handshake, connection, kind,
 };
 use tokio::net::UnixStream;
 

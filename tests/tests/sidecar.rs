@@ -312,8 +312,8 @@ async fn hostile_bytes_get_a_protocol_error_and_no_big_allocation() {
             vec![0, 0, 0, 2, kind::DATA, 0],
         ),
         (
-            "hello version 2".into(),
-            [&[0, 0, 0, 14, kind::HELLO][..], br#"{"version":2}"#].concat(),
+            "hello version 99".into(),
+            [&[0, 0, 0, 15, kind::HELLO][..], br#"{"version":99}"#].concat(),
         ),
     ];
     for seed in 1..=8 {
@@ -376,10 +376,8 @@ async fn no_media_byte_touches_disk(pool: bool) {
                 t.data.len() >= 256 * 1024 || t.error.is_some() || t.end.is_some()
             })
             .await;
-        assert!(
-            std::fs::read_dir(&work).unwrap().next().is_none(),
-            "{path}: files mid-stream"
-        );
+        let files = files_in_job_dirs(&work);
+        assert!(files.is_empty(), "{path}: files mid-stream: {files:?}");
         tokio::time::timeout(SLOW, client.collect_until(&mut t, |_| false))
             .await
             .unwrap();
@@ -388,16 +386,35 @@ async fn no_media_byte_touches_disk(pool: bool) {
     }
     let t = Client::resolve(sc.socket(), &s.url("hls/index.m3u8")).await;
     assert!(t.info.is_some(), "{t:?}");
+    // Each job had a directory of its own; nothing was ever written into one.
     let touched = watch.touched();
     assert!(
-        touched.is_empty(),
+        touched
+            .iter()
+            .all(|t| t.starts_with("job-") && !t.contains('/')),
         "the work dir was written to: {touched:?}"
+    );
+    assert!(
+        touched.len() >= jobs.len(),
+        "one directory per job: {touched:?}"
     );
     let left: Vec<_> = std::fs::read_dir(&work)
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "left in the work dir: {left:?}");
+}
+
+/// Entries inside the jobs' own directories under `work`.
+fn files_in_job_dirs(work: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let dirs = std::fs::read_dir(work).unwrap().map(|e| e.unwrap().path());
+    dirs.flat_map(|d| {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .map(|e| e.unwrap().path())
+    })
+    .collect()
 }
 
 async fn sigterm_stops_accepting_then_kills_after_the_drain_deadline(pool: bool) {
