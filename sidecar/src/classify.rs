@@ -21,14 +21,10 @@ pub fn merge_refused(stderr: &str) -> bool {
     stderr.contains(MERGE_REFUSED)
 }
 
-/// yt-dlp's message when `--max-filesize` stops a download (it then exits 0).
-pub(crate) const TOO_LARGE: &str = "File is larger than max-filesize";
-
 /// Patterns in the order they are tried; the first match wins. More specific first: a 404
 /// reads "Unable to download webpage: HTTP Error 404".
 const RULES: &[(&str, ErrorCode)] = &[
     (MERGE_REFUSED, ErrorCode::FormatUnavailable),
-    (TOO_LARGE, ErrorCode::TooLarge),
     (
         "Requested format is not available",
         ErrorCode::FormatUnavailable,

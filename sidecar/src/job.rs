@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tracing::{debug, info, warn};
 
-use crate::classify::{self, classify, merge_refused};
+use crate::classify::{classify, merge_refused};
 use crate::proc::Proc;
 use crate::sandbox::Sandbox;
 use crate::server::{Rx, Shared, Tx};
@@ -213,7 +213,7 @@ async fn finish(
             Outcome::Done { bytes: total }
         }
         Some(s) if s.success() => {
-            let err = if merge_refused(&text) || text.contains(classify::TOO_LARGE) {
+            let err = if merge_refused(&text) {
                 classify(&text, status)
             } else {
                 JobError::new(

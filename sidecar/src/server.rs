@@ -404,7 +404,6 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
     }
     let job_args = JobArgs {
         proxy: sandbox.proxy_url(),
-        max_filesize,
     };
     let args = match format {
         Some(f) => shared

@@ -73,12 +73,11 @@ impl Place<'_> {
     }
 }
 
-/// What a job's yt-dlp is told besides the URL and format.
+/// What a job's yt-dlp is told besides the URL and format. (No `--max-filesize`: under
+/// `-q` yt-dlp skips a large file silently and exits 0; the job enforces the size itself.)
 pub struct JobArgs<'a> {
     /// The job's egress proxy (`--proxy`).
     pub proxy: &'a str,
-    /// `--max-filesize`, in bytes.
-    pub max_filesize: Option<u64>,
 }
 
 impl YtDlp {
@@ -133,10 +132,6 @@ impl YtDlp {
         if let Some(ffmpeg) = &self.ffmpeg {
             args.push("--ffmpeg-location".into());
             args.push(ffmpeg.into());
-        }
-        if let Some(max) = job.max_filesize {
-            args.push("--max-filesize".into());
-            args.push(max.to_string().into());
         }
         args
     }
