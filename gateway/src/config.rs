@@ -7,6 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use streamgate_addr::Cidr;
+use streamgate_protocol::EgressRules;
+use url::Url;
 
 use crate::limits::{LimitsConfig, TenantLimits};
 use crate::secrets::{ConfigValue, resolve_map};
@@ -103,6 +106,39 @@ pub struct TenantConfig {
     /// Concurrent streams and resolves per minute; every limit optional (unset: unlimited).
     #[serde(default)]
     pub limits: TenantLimits,
+    /// Where the tenant's jobs may connect; unset: the strict default.
+    #[serde(default)]
+    pub egress: EgressConfig,
+    /// Largest media (bytes) a stream may relay; bigger ends with `too_large`.
+    #[serde(default)]
+    pub max_filesize: Option<u64>,
+}
+
+/// `[tenant.egress]`: where a tenant's jobs may connect. The sidecar enforces it on every
+/// connection, after DNS; unset fields keep the strict default (public addresses, ports 80
+/// and 443, no upstream proxy).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Let jobs reach internal addresses (loopback, private, link-local, …).
+    #[serde(default)]
+    pub allow_private: bool,
+    /// Address blocks reachable even though internal, e.g. an intranet's `10.1.0.0/16`.
+    #[serde(default)]
+    pub allow_cidrs: Vec<String>,
+    /// Address blocks never reachable, whatever else allows them.
+    #[serde(default)]
+    pub deny_cidrs: Vec<String>,
+    /// Ports allowed besides 80 and 443.
+    #[serde(default)]
+    pub ports: Vec<u16>,
+    /// Every port allowed (local testing).
+    #[serde(default)]
+    pub any_port: bool,
+    /// Upstream proxy the egress chains to: `http://` or `socks5://[user:pass@]host:port`.
+    /// May be `{ env }` / `{ file }`, as it may carry a password.
+    #[serde(default)]
+    pub proxy: Option<ConfigValue>,
 }
 
 /// A plugin: a built-in one by name, or a component file, and its configuration.
@@ -186,6 +222,11 @@ impl Config {
         let mut policy = BTreeMap::new();
         policy.insert("hosts".to_owned(), "*".to_owned());
         policy.insert("allow_private".to_owned(), allow_private_urls.to_string());
+        // Resolve needs credentials; the default has no API key, so: this machine only.
+        policy.insert(
+            "resolve_clients".to_owned(),
+            "127.0.0.0/8,::1/128".to_owned(),
+        );
         Ok(Config {
             listen: default_listen(),
             drain_secs: default_drain_secs(),
@@ -198,6 +239,13 @@ impl Config {
                 token: PluginConfig::builtin("token-xchacha", token),
                 policy: PluginConfig::builtin("policy-allowlist", policy),
                 limits: TenantLimits::default(),
+                // `--allow-private-urls` serves files of this machine: any address, any port.
+                egress: EgressConfig {
+                    allow_private: allow_private_urls,
+                    any_port: allow_private_urls,
+                    ..EgressConfig::default()
+                },
+                max_filesize: None,
             }],
             limits: LimitsConfig::default(),
         })
@@ -227,6 +275,9 @@ impl Config {
                         "tenant[{i}].hosts: {h:?} already belongs to another tenant"
                     ));
                 }
+            }
+            if t.max_filesize == Some(0) {
+                return invalid(format!("tenant[{i}].max_filesize must be at least 1"));
             }
             for (kind, p) in [("token", &t.token), ("policy", &t.policy)] {
                 if p.builtin.is_some() == p.wasm.is_some() {
@@ -277,6 +328,83 @@ impl PluginConfig {
     }
 }
 
+impl EgressConfig {
+    /// The rules every job of the tenant carries: blocks in canonical form, the proxy's
+    /// secret read and its form checked. `field` (`tenant[N].egress`) names errors.
+    pub fn rules(&self, field: &str) -> Result<EgressRules, ConfigError> {
+        let blocks = |list: &[String], name: &str| {
+            list.iter()
+                .map(|text| match text.parse::<Cidr>() {
+                    Ok(block) => Ok(block.to_string()),
+                    Err(e) => Err(ConfigError::Invalid(format!(
+                        "{field}.{name}: {text:?} is {e}"
+                    ))),
+                })
+                .collect::<Result<Vec<_>, _>>()
+        };
+        if self.ports.contains(&0) {
+            return Err(ConfigError::Invalid(format!(
+                "{field}.ports: 0 is not a port"
+            )));
+        }
+        let proxy = match &self.proxy {
+            None => None,
+            Some(value) => {
+                let text = value.resolve(&format!("{field}.proxy"))?;
+                // The text may hold a password: the message never repeats it.
+                Some(proxy_url(&text).ok_or_else(|| {
+                    ConfigError::Invalid(format!(
+                        "{field}.proxy: not of the form http://[user:pass@]host:port \
+                         or socks5://[user:pass@]host:port"
+                    ))
+                })?)
+            }
+        };
+        Ok(EgressRules {
+            allow_private: self.allow_private,
+            allow_cidrs: blocks(&self.allow_cidrs, "allow_cidrs")?,
+            deny_cidrs: blocks(&self.deny_cidrs, "deny_cidrs")?,
+            ports: self.ports.clone(),
+            any_port: self.any_port,
+            proxy,
+        })
+    }
+}
+
+/// An upstream proxy URL as the sidecar gets it, `scheme://[user[:pass]@]host:port` with
+/// the port always written; `None` unless http or socks5 with a host and a port and nothing
+/// after them.
+fn proxy_url(text: &str) -> Option<String> {
+    let url = Url::parse(text.trim()).ok()?;
+    if !matches!(url.scheme(), "http" | "socks5")
+        || !matches!(url.path(), "" | "/")
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return None;
+    }
+    let host = url.host_str().filter(|h| !h.is_empty())?;
+    // WHATWG drops a scheme's default port (`http://p:80` has none): was one written?
+    let written = || {
+        let authority = text
+            .trim()
+            .split_once("://")?
+            .1
+            .split(['/', '?', '#'])
+            .next()?;
+        let (_, port) = authority.rsplit('@').next()?.rsplit_once(':')?;
+        let digits = !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit());
+        digits.then(|| url.port_or_known_default()).flatten()
+    };
+    let port = url.port().or_else(written)?;
+    let user = match (url.username(), url.password()) {
+        ("", None) => String::new(),
+        (name, None) => format!("{name}@"),
+        (name, Some(password)) => format!("{name}:{password}@"),
+    };
+    Some(format!("{}://{user}{host}:{port}", url.scheme()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -320,6 +448,159 @@ mod tests {
     fn refuses_unknown_fields() {
         let typo = TWO_TENANTS.replace("hosts =", "hostz =");
         assert!(toml::from_str::<Config>(&typo).is_err());
+    }
+
+    /// `TWO_TENANTS` with `extra` added to tenant `b` (its last lines).
+    fn with_b(extra: &str) -> Result<Config, String> {
+        let c: Config =
+            toml::from_str(&format!("{TWO_TENANTS}\n{extra}")).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    fn rules_of(extra: &str) -> Result<EgressRules, String> {
+        let c = with_b(extra)?;
+        c.tenants[1]
+            .egress
+            .rules("tenant[1].egress")
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn egress_defaults_to_strict_rules() {
+        let c = with_b("").unwrap();
+        assert_eq!(c.tenants[1].max_filesize, None);
+        let rules = c.tenants[1].egress.rules("tenant[1].egress").unwrap();
+        assert_eq!(rules, EgressRules::default());
+    }
+
+    #[test]
+    fn egress_table_parses_into_rules() {
+        let rules = rules_of(
+            r#"
+            max_filesize = 2000000000
+            [tenant.egress]
+            allow_private = true
+            allow_cidrs = ["10.1.2.3/16", "fd00::1/8", "192.0.2.7"]
+            deny_cidrs = ["10.1.99.0/24"]
+            ports = [8080, 8443]
+            any_port = false
+            proxy = "socks5://user:p%40ss@proxy.corp:1080"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            rules,
+            EgressRules {
+                allow_private: true,
+                allow_cidrs: vec![
+                    "10.1.0.0/16".into(),
+                    "fd00::/8".into(),
+                    "192.0.2.7/32".into()
+                ],
+                deny_cidrs: vec!["10.1.99.0/24".into()],
+                ports: vec![8080, 8443],
+                any_port: false,
+                proxy: Some("socks5://user:p%40ss@proxy.corp:1080".into()),
+            }
+        );
+        let c = with_b("max_filesize = 5").unwrap();
+        assert_eq!(c.tenants[1].max_filesize, Some(5));
+    }
+
+    #[test]
+    fn egress_mistakes_name_their_field() {
+        let refused = |extra: &str, expected: &str| {
+            let err = rules_of(extra).unwrap_err();
+            assert!(err.contains(expected), "{extra}: {expected:?} in {err}");
+        };
+        refused(
+            "[tenant.egress]\nallow_cidrs = [\"10.0.0.0/8\", \"10.0.0.0/33\"]",
+            "tenant[1].egress.allow_cidrs: \"10.0.0.0/33\" is not an address block",
+        );
+        refused(
+            "[tenant.egress]\ndeny_cidrs = [\"intranet\"]",
+            "tenant[1].egress.deny_cidrs: \"intranet\" is not an address block",
+        );
+        refused(
+            "[tenant.egress]\nports = [0]",
+            "tenant[1].egress.ports: 0 is not a port",
+        );
+        refused("[tenant.egress]\nports = [70000]", "invalid value");
+        refused(
+            "[tenant.egress]\nallow_privat = true",
+            "unknown field `allow_privat`",
+        );
+        refused(
+            "max_filesize = 0",
+            "tenant[1].max_filesize must be at least 1",
+        );
+        for bad in [
+            "https://proxy:3128",
+            "ftp://proxy:21",
+            "http://proxy",
+            "socks5://proxy",
+            "http://proxy:3128/path",
+            "http://proxy:3128?x=1",
+            "socks5://:1080",
+            "proxy:3128",
+            "http://user:s3cret@proxy",
+        ] {
+            let err = rules_of(&format!("[tenant.egress]\nproxy = {bad:?}")).unwrap_err();
+            assert!(
+                err.starts_with("tenant[1].egress.proxy: not of the form"),
+                "{bad}: {err}"
+            );
+            assert!(
+                !err.contains("s3cret"),
+                "the password stays out of messages: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn proxy_urls_are_written_with_their_port() {
+        for (given, sent) in [
+            ("http://proxy.corp:3128", "http://proxy.corp:3128"),
+            ("http://proxy.corp:80/", "http://proxy.corp:80"),
+            ("HTTP://u:p@Proxy.Corp:8080", "http://u:p@proxy.corp:8080"),
+            ("socks5://10.0.0.5:1080", "socks5://10.0.0.5:1080"),
+            ("socks5://[fd00::5]:1080", "socks5://[fd00::5]:1080"),
+            ("http://[fd00::5]:80", "http://[fd00::5]:80"),
+        ] {
+            assert_eq!(proxy_url(given).as_deref(), Some(sent), "{given}");
+        }
+        assert_eq!(proxy_url("http://[fd00::5]"), None);
+    }
+
+    #[test]
+    fn the_proxy_may_be_a_secret() {
+        // SAFETY: this test alone uses this variable name.
+        unsafe { std::env::set_var("SG_CONFIG_TEST_PROXY", "http://u:pw@proxy.corp:3128") };
+        let rules =
+            rules_of("[tenant.egress]\nproxy = { env = \"SG_CONFIG_TEST_PROXY\" }").unwrap();
+        assert_eq!(rules.proxy.as_deref(), Some("http://u:pw@proxy.corp:3128"));
+        let err =
+            rules_of("[tenant.egress]\nproxy = { env = \"SG_CONFIG_TEST_UNSET\" }").unwrap_err();
+        assert!(
+            err.starts_with("tenant[1].egress.proxy: environment variable"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_embedded_default_is_strict_unless_private_urls_are_allowed() {
+        let dir = std::env::temp_dir().join(format!("sg-config-{}", std::process::id()));
+        let strict = Config::embedded(&dir, false).unwrap();
+        let rules = strict.tenants[0].egress.rules("tenant[0].egress").unwrap();
+        assert_eq!(rules, EgressRules::default());
+        let policy = strict.tenants[0].policy.resolved("p").unwrap();
+        assert_eq!(policy["resolve_clients"], "127.0.0.0/8,::1/128");
+        let open = Config::embedded(&dir, true).unwrap();
+        let rules = open.tenants[0].egress.rules("tenant[0].egress").unwrap();
+        assert!(rules.allow_private && rules.any_port);
+        assert_eq!((rules.allow_cidrs.len(), rules.proxy), (0, None));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

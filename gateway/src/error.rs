@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 
 use serde::Serialize;
+use streamgate_protocol::input::InputError;
 use streamgate_protocol::{ErrorCode, JobError, ProtocolError};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, Reject};
@@ -21,6 +22,12 @@ const BUSY_RETRY_AFTER_SECS: u32 = 2;
 pub enum GatewayError {
     #[error("the `data` query parameter is missing")]
     MissingToken,
+    /// The URL of a token or a resolve body breaks `protocol::input::canonical_url`.
+    #[error("{0}")]
+    BadUrl(InputError),
+    /// The format selector (asked for or forced by the policy) breaks `check_format`.
+    #[error("{0}")]
+    BadFormat(InputError),
     #[error("token refused by {plugin}: {}", .denial.reason)]
     TokenDenied { plugin: String, denial: Denial },
     #[error("request denied by {plugin}: {}", .denial.reason)]
@@ -62,6 +69,7 @@ impl GatewayError {
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::MissingToken => StatusCode::BAD_REQUEST,
+            GatewayError::BadUrl(_) | GatewayError::BadFormat(_) => StatusCode::BAD_REQUEST,
             GatewayError::TokenDenied { denial, .. }
             | GatewayError::PolicyDenied { denial, .. } => denial_status(denial),
             GatewayError::Plugin { source, .. } => plugin_status(source),
@@ -85,6 +93,8 @@ impl GatewayError {
     pub fn code(&self) -> &'static str {
         match self {
             GatewayError::MissingToken => "missing_token",
+            GatewayError::BadUrl(_) => "bad_url",
+            GatewayError::BadFormat(_) => "bad_format",
             GatewayError::TokenDenied { .. } => "token_denied",
             GatewayError::PolicyDenied { .. } => "policy_denied",
             GatewayError::Plugin { .. } | GatewayError::Seal { .. } => "plugin_failed",
@@ -103,19 +113,37 @@ impl GatewayError {
         }
     }
 
-    /// The client-facing detail. Server-side failures stay vague: their detail is logged.
+    /// The client-facing detail. Server-side failures stay vague and a job's error is one
+    /// sentence per code: yt-dlp's own message names hosts, ports and addresses the client
+    /// must not learn. The full error is in the log line ([`Problem::to_response`]).
     fn detail(&self) -> String {
         match self {
             GatewayError::Plugin { plugin, .. } | GatewayError::Seal { plugin, .. } => {
                 format!("plugin {plugin} failed")
             }
             GatewayError::SidecarUnavailable(_) => "the media backend is unavailable".into(),
+            GatewayError::Protocol(_) => "the media backend failed".into(),
             GatewayError::Limit(LimitError::Unavailable(_)) => "the limiter is unavailable".into(),
-            GatewayError::Job(e) if e.code == ErrorCode::Internal => {
-                "the media backend failed".into()
-            }
+            GatewayError::Job(e) => job_detail(e.code).into(),
             other => other.to_string(),
         }
+    }
+}
+
+/// What a client is told about a failed job.
+fn job_detail(code: ErrorCode) -> &'static str {
+    match code {
+        ErrorCode::NotFound => "the media was not found",
+        ErrorCode::UnsupportedUrl => "the URL is not a media page or file this service supports",
+        ErrorCode::FormatUnavailable => "the requested format is not available for this media",
+        ErrorCode::UpstreamFailed => "the media's server failed or could not be reached",
+        ErrorCode::Timeout => "the media's server did not answer in time",
+        ErrorCode::Busy => "the media backend is busy; retry later",
+        ErrorCode::EgressDenied => {
+            "an outbound connection of the job was refused by the egress rules"
+        }
+        ErrorCode::TooLarge => "the media is larger than this service allows",
+        ErrorCode::Protocol | ErrorCode::Internal => "the media backend failed",
     }
 }
 
@@ -262,8 +290,45 @@ mod tests {
         assert_eq!(status(ErrorCode::UpstreamFailed), 502);
         assert_eq!(status(ErrorCode::Timeout), 504);
         assert_eq!(status(ErrorCode::Busy), 503);
+        assert_eq!(status(ErrorCode::EgressDenied), 403);
+        assert_eq!(status(ErrorCode::TooLarge), 422);
         assert_eq!(status(ErrorCode::Protocol), 502);
         assert_eq!(status(ErrorCode::Internal), 500);
+    }
+
+    #[test]
+    fn job_errors_show_a_generic_detail_never_ytdlps_message() {
+        let raw = "ERROR: [generic] Unable to download webpage: <urlopen error [Errno 111] \
+                   Connection refused> (caused by 10.0.0.7:8080)";
+        for code in ErrorCode::ALL {
+            let error = GatewayError::Job(JobError::new(code, raw));
+            assert!(
+                error.to_string().contains("10.0.0.7:8080"),
+                "logged in full"
+            );
+            assert_eq!(error.code(), code.as_str());
+            let detail = error.detail();
+            assert!(
+                !detail.contains("10.0.0.7") && !detail.contains("ERROR"),
+                "{detail}"
+            );
+        }
+        let denied = GatewayError::Job(JobError::new(ErrorCode::EgressDenied, raw));
+        assert_eq!(
+            denied.detail(),
+            "an outbound connection of the job was refused by the egress rules"
+        );
+    }
+
+    #[test]
+    fn bad_urls_and_formats_are_400_problems() {
+        let url = streamgate_protocol::input::canonical_url("http://a.example\\@127.0.0.1/x");
+        let error = GatewayError::BadUrl(url.unwrap_err());
+        assert_eq!((error.status().as_u16(), error.code()), (400, "bad_url"));
+        assert_eq!(error.detail(), "the URL contains a backslash");
+        let format = streamgate_protocol::input::check_format("18,22");
+        let error = GatewayError::BadFormat(format.unwrap_err());
+        assert_eq!((error.status().as_u16(), error.code()), (400, "bad_format"));
     }
 
     #[test]

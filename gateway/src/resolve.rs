@@ -1,11 +1,13 @@
 //! `POST /v1/resolve`: what a URL offers (title, duration, thumbnail, formats), each format
 //! with a ready link sealed for the tenant. The tenant's policy plugin decides whether the
-//! caller may ask at all (e.g. an API key), exactly as it does for streams.
+//! caller may ask at all (an API key, or `policy-allowlist`'s `public_resolve` and
+//! `resolve_clients`): resolve runs yt-dlp on any URL it is given.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+use streamgate_protocol::input::{canonical_url, check_format};
 use streamgate_protocol::{FormatInfo, ResolveJob};
 use tracing::Instrument;
 use warp::http::Method;
@@ -13,7 +15,9 @@ use warp::{Filter, Rejection, Reply};
 
 use crate::error::{GatewayError, Problem};
 use crate::plugin::{PolicyDecision, StreamRequest};
-use crate::routes::{AppState, RequestParts, new_request_id, plugin_request, request_parts};
+use crate::routes::{
+    AppState, RequestParts, client_ip, new_request_id, plugin_request, request_parts,
+};
 use crate::tenant::Tenant;
 
 /// A resolve request is a URL and a selector; anything bigger is not one.
@@ -87,14 +91,15 @@ async fn resolve(
 ) -> Result<warp::reply::Response, GatewayError> {
     let body: ResolveBody =
         serde_json::from_slice(body).map_err(|e| GatewayError::BadRequest(e.to_string()))?;
-    if body.url.trim().is_empty() {
-        return Err(GatewayError::BadRequest("`url` is empty".into()));
-    }
+    // The one parse: the policy, the links and the sidecar see only the canonical URL.
+    let url = canonical_url(&body.url).map_err(GatewayError::BadUrl)?;
+    let format = body.format.unwrap_or_else(|| DEFAULT_FORMAT.to_owned());
+    check_format(&format).map_err(GatewayError::BadFormat)?;
     let (tenant, info) = plugin_request(&Method::POST, parts, state)?;
     let expires_at = unix_now() + tenant.default_ttl.as_secs();
     let mut wanted = StreamRequest {
-        url: body.url,
-        format: body.format.unwrap_or_else(|| DEFAULT_FORMAT.to_owned()),
+        url,
+        format,
         filename: None,
         expires_at: Some(expires_at),
     };
@@ -109,6 +114,7 @@ async fn resolve(
         PolicyDecision::Allow { format, filename } => {
             wanted.filename = filename;
             if let Some(f) = &format {
+                check_format(f).map_err(GatewayError::BadFormat)?;
                 wanted.format.clone_from(f);
             }
             format
@@ -121,13 +127,16 @@ async fn resolve(
         }
     };
     // Counted once the policy allowed it: refusals cost no sidecar work, so no budget.
-    state.limiter.check_resolve(&tenant.id).await?;
+    state
+        .limiter
+        .check_resolve(&tenant.id, client_ip(&info))
+        .await?;
     tracing::info!(tenant = %tenant.id, url = %wanted.url, "resolve");
     let job = ResolveJob {
         url: wanted.url.clone(),
         tenant: Some(tenant.id.clone()),
         request_id: Some(request_id.to_owned()),
-        ..Default::default()
+        egress: tenant.egress.clone(),
     };
     state.metrics.sidecar_job("resolve");
     let media = state.sidecar.resolve(job).await;

@@ -2,12 +2,13 @@
 //! work on a typed [`AppState`]. Every failure leaves as a [`Problem`] for `error::recover`.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde_json::json;
 use streamgate_protocol::StreamJob;
+use streamgate_protocol::input::{canonical_url, check_format};
 use tracing::Instrument;
 use warp::http::{HeaderMap, Method, StatusCode};
 use warp::{Filter, Rejection, Reply};
@@ -126,6 +127,7 @@ async fn ready(state: Arc<AppState>) -> Result<warp::reply::Response, Rejection>
             "status": "ready",
             "sidecar": w.sidecar,
             "yt_dlp": w.yt_dlp,
+            "egress": w.egress.as_str(),
             "active_streams": state.active.get(),
         }))
         .into_response()),
@@ -200,6 +202,9 @@ async fn respond(
         }
         Err(e) => return Err(plugin_err(tenant.token.name())(e)),
     };
+    // The one parse: the policy and the sidecar see only the canonical URL.
+    wanted.url = canonical_url(&wanted.url).map_err(GatewayError::BadUrl)?;
+    check_format(&wanted.format).map_err(GatewayError::BadFormat)?;
     let checked = tenant.policy.check(&info, &wanted);
     let decision = (state
         .metrics
@@ -208,7 +213,10 @@ async fn respond(
         .map_err(plugin_err(tenant.policy.name()))?;
     match decision {
         PolicyDecision::Allow { format, filename } => {
-            wanted.format = format.unwrap_or(wanted.format);
+            if let Some(forced) = format {
+                check_format(&forced).map_err(GatewayError::BadFormat)?;
+                wanted.format = forced;
+            }
             wanted.filename = filename.or(wanted.filename);
         }
         PolicyDecision::Deny(denial) => {
@@ -216,15 +224,18 @@ async fn respond(
             return Err(GatewayError::PolicyDenied { plugin, denial });
         }
     }
-    let client_ip = info.client_addr.parse::<SocketAddr>().ok().map(|a| a.ip());
-    let slot = state.limiter.acquire_stream(&tenant.id, client_ip).await?;
+    let slot = state
+        .limiter
+        .acquire_stream(&tenant.id, client_ip(&info))
+        .await?;
     tracing::info!(tenant = %tenant.id, url = %wanted.url, format = %wanted.format, "job");
     let job = StreamJob {
         url: wanted.url,
         format: wanted.format,
         tenant: Some(tenant.id.clone()),
         request_id: Some(request_id.to_owned()),
-        ..Default::default()
+        egress: tenant.egress.clone(),
+        max_filesize: tenant.max_filesize,
     };
     state.metrics.sidecar_job("stream");
     let started = state.sidecar.start(job).await;
@@ -248,6 +259,13 @@ async fn respond(
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut().extend(headers);
     Ok(resp)
+}
+
+/// The client's IP address, the key of per-client limits; an IPv4 client of a dual-stack
+/// listener counts as its IPv4 address.
+pub(crate) fn client_ip(info: &RequestInfo) -> Option<IpAddr> {
+    let addr = info.client_addr.parse::<SocketAddr>().ok()?;
+    Some(addr.ip().to_canonical())
 }
 
 /// 16 hex digits: unique enough to grep both logs for one stream.

@@ -5,6 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use streamgate_protocol::EgressRules;
+
 use crate::config::{Config, ConfigError, PluginConfig};
 use crate::plugin::{PluginEngine, PolicyPlugin, TokenPlugin, builtin};
 
@@ -16,6 +18,10 @@ pub struct Tenant {
     pub policy: PolicyPlugin,
     /// Lifetime of links minted without an explicit TTL.
     pub default_ttl: Duration,
+    /// Where its jobs may connect: sent with every job, enforced by the sidecar.
+    pub egress: EgressRules,
+    /// Largest media a stream of this tenant relays (bytes).
+    pub max_filesize: Option<u64>,
 }
 
 /// Every tenant, indexed by host name, with an optional fallback for unknown hosts.
@@ -35,6 +41,7 @@ impl Tenants {
         let mut by_host = HashMap::new();
         for (i, t) in config.tenants.iter().enumerate() {
             let field = |kind: &str| format!("tenant[{i}].{kind}");
+            let egress = t.egress.rules(&field("egress"))?;
             let (name, wasm) = plugin_source(&t.token, &field("token"))?;
             let config = t.token.resolved(&field("token.config"))?;
             let token = engine
@@ -54,6 +61,8 @@ impl Tenants {
                 token,
                 policy,
                 default_ttl: Duration::from_secs(t.default_ttl_secs),
+                egress,
+                max_filesize: t.max_filesize,
             }));
         }
         let fallback = config

@@ -412,6 +412,10 @@ pub async fn seal_expired(gw: &Gateway, url: &str) -> String {
     tenant.token.seal(&tenant.id, &req).await.unwrap().unwrap()
 }
 
+/// A tenant's egress for fixtures served on 127.0.0.1 at random ports: what
+/// `--allow-private-urls` gives the embedded default.
+pub const LOOPBACK_EGRESS: &str = "{ allow_private = true, any_port = true }";
+
 /// A config file with three tenants: `main` (`default_tenant`), `other` (same key: its tokens must
 /// still not open there) and `broken` (the test-misbehave token plugin).
 pub fn three_tenants(dir: &std::path::Path) -> std::path::PathBuf {
@@ -419,6 +423,7 @@ pub fn three_tenants(dir: &std::path::Path) -> std::path::PathBuf {
     let misbehave = streamgate::plugin::builtin::test_misbehave_path();
     let policy =
         r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#;
+    let egress = LOOPBACK_EGRESS;
     let text = format!(
         r#"
 default_tenant = "main"
@@ -426,16 +431,19 @@ default_tenant = "main"
 id = "main"
 token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
 policy = {policy}
+egress = {egress}
 [[tenant]]
 id = "other"
 hosts = ["other.test"]
 token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
 policy = {policy}
+egress = {egress}
 [[tenant]]
 id = "broken"
 hosts = ["broken.test"]
 token = {{ wasm = "{}" }}
 policy = {policy}
+egress = {egress}
 "#,
         misbehave.display()
     );

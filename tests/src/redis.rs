@@ -98,15 +98,15 @@ pub struct TwoTenants<'a> {
     pub stall_secs: u32,
 }
 
-/// Writes `streamgate.toml` in `dir`: tenants `a` and `b`, each with its own token key and
-/// an allow-all policy that still refuses `file:` URLs.
+/// Writes `streamgate.toml` in `dir`: tenants `a` and `b`, each with its own token key, an
+/// allow-all policy that lets loopback clients resolve, and the loopback egress.
 pub fn two_tenants(dir: &Path, t: &TwoTenants<'_>) -> PathBuf {
     let (ka, kb) = (
         streamgate::plugin::builtin::xchacha_generate_key(),
         streamgate::plugin::builtin::xchacha_generate_key(),
     );
-    let policy =
-        r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#;
+    let policy = r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true", resolve_clients = "127.0.0.0/8" } }"#;
+    let egress = crate::gateway::LOOPBACK_EGRESS;
     let text = format!(
         r#"
 default_tenant = "a"
@@ -119,12 +119,14 @@ id = "a"
 hosts = ["a.test"]
 token = {{ builtin = "token-xchacha", config = {{ keys = "{ka}" }} }}
 policy = {policy}
+egress = {egress}
 limits = {{ {a} }}
 [[tenant]]
 id = "b"
 hosts = ["b.test"]
 token = {{ builtin = "token-xchacha", config = {{ keys = "{kb}" }} }}
 policy = {policy}
+egress = {egress}
 limits = {{ {b} }}
 "#,
         stall = t.stall_secs,

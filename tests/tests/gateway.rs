@@ -134,7 +134,7 @@ async fn early_failures_are_problems_with_their_status() {
         (
             gw.stream_url(&gw.mint("file:///etc/passwd", "b")),
             400,
-            "policy_denied",
+            "bad_url",
         ),
         (
             gw.stream_url(&gw.mint(&server().url("nope.mp4"), "b")),
@@ -172,6 +172,75 @@ async fn early_failures_are_problems_with_their_status() {
         move || curl(&["-X", "POST"], &url)
     });
     assert_problem(&post.await, 405, "method_not_allowed", "POST");
+}
+
+/// `POST /v1/resolve` with a JSON body, from 127.0.0.1.
+async fn post_resolve(gw: &Gateway, body: String) -> CurlResult {
+    let url = gw.url("/v1/resolve");
+    let json = "content-type: application/json";
+    blocking(move || curl(&["-X", "POST", "-H", json, "--data-binary", &body], &url)).await
+}
+
+/// Samples of `name` in `/metrics`, e.g. the calls of one plugin.
+async fn metric_lines(gw: &Gateway, prefix: &str) -> Vec<String> {
+    let text = reqwest::get(gw.url("/metrics")).await.unwrap().text().await;
+    let text = text.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(prefix))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_urls_and_formats_are_refused_before_the_policy_and_any_fetch() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    // An origin of its own: any request it sees is a fetch of a URL that was refused.
+    let origin = FixtureServer::start(fixtures());
+    let (addr, file) = (origin.addr(), "/audio-only.m4a");
+    let good = origin.url(file);
+    let mut cases: Vec<(String, &str, &str)> = [
+        format!("http://a.example\\@{addr}{file}"),
+        format!("http://u:p@{addr}{file}"),
+        format!("http://a.example@{addr}{file}"),
+        format!("http://{addr}{file}?x= 1"),
+        format!("http://{addr}{file}\n"),
+        format!("http://{addr}{file}\r\nX-Injected: 1"),
+        "file:///etc/passwd".to_owned(),
+    ]
+    .into_iter()
+    .map(|url| (url, "b", "bad_url"))
+    .collect();
+    for format in ["18,22", "all", "bv+mergeall"] {
+        cases.push((good.clone(), format, "bad_format"));
+    }
+    for (url, format, code) in &cases {
+        let what = format!("{url:?} -f {format}");
+        let link = gw.stream_url(&gw.mint(url, format));
+        let r = blocking(move || curl(&[], &link)).await;
+        assert_problem(&r, 400, code, &format!("stream {what}"));
+        let body = serde_json::json!({ "url": url, "format": format }).to_string();
+        let r = post_resolve(&gw, body).await;
+        assert_problem(&r, 400, code, &format!("resolve {what}"));
+        let p: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        eprintln!("{what} → 400 {code}: {}", p["detail"]);
+    }
+    assert_eq!(origin.hits(file), 0, "a refused URL was fetched");
+    let policy = "streamgate_plugin_calls_total{plugin=\"policy-allowlist\"}";
+    assert_eq!(
+        metric_lines(&gw, policy).await,
+        Vec::<String>::new(),
+        "the policy saw none of them"
+    );
+
+    // The embedded default lets loopback clients resolve without an API key.
+    let r = post_resolve(&gw, serde_json::json!({ "url": good }).to_string()).await;
+    assert_eq!(r.status, 200, "{r:?}\n{}", gw.logs());
+    assert!(origin.hits(file) > 0);
+    assert_eq!(metric_lines(&gw, policy).await, [format!("{policy} 1")]);
+    let ready = reqwest::get(gw.url("/readyz")).await.unwrap().bytes().await;
+    let ready: serde_json::Value = serde_json::from_slice(&ready.unwrap()).unwrap();
+    let egress = ready["egress"].as_str().unwrap_or_default();
+    assert!(["netns", "proxy"].contains(&egress), "{ready}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -189,6 +189,63 @@ async fn resolves_per_minute_gives_429() {
     assert_eq!(statuses, [200, 200, 429, 200], "{}", gw.logs());
 }
 
+/// Tenant `a` allows each client 2 resolves a minute: the third from 127.0.0.1 is a 429,
+/// and 127.0.0.2 (another client) still resolves. `global` is the `[limits]` table.
+async fn resolves_per_client(global: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = TwoTenants {
+        a: "resolves_per_minute_per_client = 2, resolves_per_minute = 100",
+        b: "",
+        global,
+        stall_secs: 30,
+    };
+    let config = two_tenants(dir.path(), &limits);
+    let gw = gateway(&config).await;
+    let body = serde_json::json!({ "url": server().url("progressive.mp4") }).to_string();
+    let mut statuses = Vec::new();
+    for from in ["127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.2"] {
+        let req = client_from(from).post(gw.url("/v1/resolve"));
+        let req = req.header("host", "a.test");
+        let req = req.header("content-type", "application/json");
+        let resp = req.body(body.clone()).send().await.unwrap();
+        statuses.push(resp.status().as_u16());
+        if resp.status() == 429 {
+            let retry = resp.headers()["retry-after"].to_str().unwrap();
+            assert!((1..=60).contains(&retry.parse::<u32>().unwrap()), "{retry}");
+            let p: serde_json::Value =
+                serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
+            assert_eq!(p["code"], "rate_limited", "{p}");
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429, 200], "{}", gw.logs());
+    let metrics = reqwest::get(gw.url("/metrics")).await.unwrap().text().await;
+    let line = "streamgate_limiter_rejections_total{tenant=\"a\",limit=\"resolves_per_minute_per_client\"} 1";
+    assert!(metrics.unwrap().lines().any(|l| l == line), "{line}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolves_per_minute_per_client_gives_429_to_that_client_only() {
+    resolves_per_client("").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resolves_per_minute_per_client_counts_in_redis() {
+    let redis = RedisServer::start();
+    resolves_per_client(&redis_limits(&redis.url(), 30, "deny")).await;
+    let count = |key: &str| redis.command(&format!("GET {key}")).unwrap_or_default();
+    let (one, two) = (
+        count("streamgate:{a}:resolves:client:127.0.0.1"),
+        count("streamgate:{a}:resolves:client:127.0.0.2"),
+    );
+    assert!(one.ends_with("\r\n3\r\n"), "{one:?}");
+    assert!(two.ends_with("\r\n1\r\n"), "{two:?}");
+    let tenant = count("streamgate:{a}:resolves");
+    assert!(
+        tenant.ends_with("\r\n3\r\n"),
+        "the refused one spent nothing: {tenant:?}"
+    );
+}
+
 /// `[limits]` with Redis at `url`, `slot_ttl_secs` and `on_limiter_error`.
 fn redis_limits(url: &str, ttl: u32, on_error: &str) -> String {
     format!("redis_url = \"{url}\"\nslot_ttl_secs = {ttl}\non_limiter_error = \"{on_error}\"")

@@ -54,13 +54,14 @@ async fn metrics_match_a_scripted_sequence_exactly() {
         );
         bytes += r.body.len();
     }
-    // 2 bad tokens, 1 policy deny (both 400), 1 not found (a sidecar error).
+    // 2 bad tokens, 1 bad URL (refused before the policy; all 400), 1 not found (a sidecar
+    // error).
     for bad in ["not-a-token", "still-not-a-token"] {
         assert_eq!(get(gw.stream_url(bad), "a.test").await.status, 400);
     }
     let file = mint_for(&config, "a", "file:///etc/passwd", "b");
-    let denied = get(gw.stream_url(&file), "a.test").await;
-    assert_problem(&denied, 400, "policy_denied", "policy");
+    let refused = get(gw.stream_url(&file), "a.test").await;
+    assert_problem(&refused, 400, "bad_url", "bad URL");
     let nope = mint_for(&config, "a", &fixtures_server.url("nope.mp4"), "b");
     assert_problem(
         &get(gw.stream_url(&nope), "a.test").await,
@@ -127,7 +128,7 @@ async fn metrics_match_a_scripted_sequence_exactly() {
         ),
         ("streamgate_sidecar_jobs_total", "kind=\"stream\"", 4.0),
         ("streamgate_sidecar_errors_total", "code=\"not_found\"", 1.0),
-        // token: 3 good + 2 bad + policy + not found on a, 1 on b; policy: all but bad.
+        // token: 3 good + 2 bad + bad URL + not found on a, 1 on b; policy: the other 5.
         (
             "streamgate_plugin_calls_total",
             "plugin=\"token-xchacha\"",
@@ -136,7 +137,7 @@ async fn metrics_match_a_scripted_sequence_exactly() {
         (
             "streamgate_plugin_calls_total",
             "plugin=\"policy-allowlist\"",
-            6.0,
+            5.0,
         ),
         (
             "streamgate_plugin_latency_seconds_count",
@@ -146,7 +147,7 @@ async fn metrics_match_a_scripted_sequence_exactly() {
         (
             "streamgate_plugin_latency_seconds_count",
             "plugin=\"policy-allowlist\"",
-            6.0,
+            5.0,
         ),
         (
             "streamgate_limiter_rejections_total",

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use streamgate_tests::gateway::*;
 use streamgate_tests::*;
 
-/// One `[[tenant]]` with a token-xchacha ring and an allowlist policy open to loopback.
+/// One `[[tenant]]` with a token-xchacha ring, an allowlist policy open to loopback URLs
+/// and the loopback egress (fixtures on 127.0.0.1, random ports).
 fn tenant(id: &str, hosts: &[&str], keys: &str, policy_extra: &str) -> String {
     format!(
         r#"
@@ -21,6 +22,7 @@ id = "{id}"
 hosts = {hosts:?}
 token = {{ builtin = "token-xchacha", config = {{ keys = "{keys}" }} }}
 policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", allow_private = "true"{policy_extra} }} }}
+egress = {LOOPBACK_EGRESS}
 "#
     )
 }
@@ -145,13 +147,20 @@ async fn resolve(gw: &Gateway, host: &str, body: &str, extra: &[&str]) -> CurlRe
 async fn resolve_then_stream_every_fixture_kind() {
     let dir = tempfile::tempdir().unwrap();
     let tenants = [
-        tenant("media", &["media.test"], &plugin_key(), ""),
+        tenant(
+            "media",
+            &["media.test"],
+            &plugin_key(),
+            r#", public_resolve = "true""#,
+        ),
         tenant(
             "keyed",
             &["keyed.test"],
             &plugin_key(),
             r#", api_key = "k""#,
         ),
+        // Neither a key nor `public_resolve` nor `resolve_clients`: nobody may resolve.
+        tenant("closed", &["closed.test"], &plugin_key(), ""),
     ];
     let config = write_config(dir.path(), "", &tenants);
     let gw = start(&config).await;
@@ -242,16 +251,30 @@ async fn resolve_then_stream_every_fixture_kind() {
             "media.test",
             r#"{"url":"file:///etc/passwd"}"#,
             400,
-            "policy_denied",
+            "bad_url",
+            &[],
+        ),
+        (
+            "media.test",
+            &json!({ "url": source, "format": "18,22" }).to_string(),
+            400,
+            "bad_format",
             &[],
         ),
         ("keyed.test", &good, 401, "policy_denied", &[]),
+        ("closed.test", &good, 401, "policy_denied", &[]),
         ("nobody.test", &good, 404, "unknown_host", &[]),
     ];
     for (host, body, status, code, extra) in cases {
         let r = resolve(&gw, host, body, extra).await;
         assert_problem(&r, status, code, &format!("{host} {body:.40}"));
     }
+    let r = resolve(&gw, "closed.test", &good, &[]).await;
+    let p: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        p["detail"], "request denied by policy-allowlist: resolve needs credentials",
+        "{p}"
+    );
     let r = resolve(&gw, "keyed.test", &good, &["-H", "x-api-key: k"]).await;
     assert_eq!(r.status, 200, "the policy's API key opens resolve: {r:?}");
 }
@@ -387,6 +410,21 @@ async fn invalid_configs_are_refused_with_the_field_named() {
         (
             ok.replace("policy-allowlist", "policy-alowlist"),
             "tenant[0].policy.builtin: no built-in plugin \"policy-alowlist\"",
+        ),
+        (
+            ok.replace(LOOPBACK_EGRESS, r#"{ allow_cidrs = ["10.0.0.0/33"] }"#),
+            "tenant[0].egress.allow_cidrs: \"10.0.0.0/33\" is not an address block",
+        ),
+        (
+            ok.replace(
+                LOOPBACK_EGRESS,
+                r#"{ proxy = { env = "SG_TEST_UNSET_PROXY" } }"#,
+            ),
+            "tenant[0].egress.proxy: environment variable SG_TEST_UNSET_PROXY is not set",
+        ),
+        (
+            ok.replace(LOOPBACK_EGRESS, r#"{ proxy = "https://proxy:3128" }"#),
+            "tenant[0].egress.proxy: not of the form http://[user:pass@]host:port",
         ),
     ];
     for (text, expected) in cases {

@@ -6,13 +6,21 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use super::{Limit, RESOLVE_WINDOW, SlotRequest, StreamSlot};
+use super::{Limit, RESOLVE_WINDOW, ResolveKey, SlotRequest, StreamSlot};
 
 #[derive(Default)]
 pub(crate) struct MemoryCounters {
     streams: Arc<Mutex<HashMap<String, u32>>>,
-    /// tenant → (start of its window, resolves in it).
-    resolves: Mutex<HashMap<String, (Instant, u32)>>,
+    resolves: Mutex<Windows>,
+}
+
+/// Resolve windows: tenant (or tenant + client) → (start of its window, resolves in it).
+/// Closed windows are dropped once per window length, so clients that came and went do
+/// not accumulate.
+#[derive(Default)]
+struct Windows {
+    open: HashMap<String, (Instant, u32)>,
+    pruned: Option<Instant>,
 }
 
 /// Gives its keys back on drop.
@@ -63,10 +71,23 @@ impl MemoryCounters {
     }
 
     /// `None` if allowed, else the seconds until the window resets.
-    pub fn count_resolve(&self, tenant: &str, limit: u32) -> Option<u32> {
+    pub fn count_resolve(&self, key: &ResolveKey<'_>, limit: u32) -> Option<u32> {
         let now = Instant::now();
-        let mut resolves = self.resolves.lock().expect("never poisoned");
-        let entry = resolves.entry(tenant.to_owned()).or_insert((now, 0));
+        let key = match key.client {
+            None => format!("t\u{0}{}", key.tenant),
+            Some(ip) => format!("c\u{0}{}\u{0}{ip}", key.tenant),
+        };
+        let mut windows = self.resolves.lock().expect("never poisoned");
+        if windows
+            .pruned
+            .is_none_or(|at| now.duration_since(at) >= RESOLVE_WINDOW)
+        {
+            windows
+                .open
+                .retain(|_, (start, _)| now.duration_since(*start) < RESOLVE_WINDOW);
+            windows.pruned = Some(now);
+        }
+        let entry = windows.open.entry(key).or_insert((now, 0));
         if now.duration_since(entry.0) >= RESOLVE_WINDOW {
             *entry = (now, 0);
         }
@@ -147,18 +168,45 @@ mod tests {
     #[tokio::test]
     async fn resolves_per_minute_and_reload() {
         let (l, _) = limiter("resolves_per_minute = 3");
+        let ip = Some("10.0.0.1".parse().unwrap());
         for _ in 0..3 {
-            l.check_resolve("a").await.unwrap();
+            l.check_resolve("a", ip).await.unwrap();
         }
-        match l.check_resolve("a").await {
+        match l.check_resolve("a", None).await {
             Err(LimitError::Limited {
                 retry_after_secs, ..
             }) => assert!((1..=60).contains(&retry_after_secs)),
             other => panic!("{other:?}"),
         }
-        l.check_resolve("b").await.unwrap();
+        l.check_resolve("b", ip).await.unwrap();
         l.reload(&reloaded());
-        l.check_resolve("a").await.unwrap();
+        l.check_resolve("a", ip).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn resolves_per_client_spend_only_their_own_window() {
+        let (l, m) = limiter("resolves_per_minute = 5, resolves_per_minute_per_client = 2");
+        let (x, y) = (
+            Some("10.0.0.1".parse().unwrap()),
+            Some("10.0.0.2".parse().unwrap()),
+        );
+        l.check_resolve("a", x).await.unwrap();
+        l.check_resolve("a", x).await.unwrap();
+        for _ in 0..3 {
+            let e = l.check_resolve("a", x).await.err().unwrap();
+            assert_eq!(limit_of(e), Limit::ResolvesPerMinutePerClient);
+        }
+        // x's refusals cost the tenant nothing: 3 more fit (y twice, an unknown address once).
+        l.check_resolve("a", y).await.unwrap();
+        l.check_resolve("a", y).await.unwrap();
+        l.check_resolve("a", None).await.unwrap();
+        let e = l.check_resolve("a", None).await.err().unwrap();
+        assert_eq!(limit_of(e), Limit::ResolvesPerMinute);
+        // Another tenant's windows are its own.
+        l.check_resolve("b", x).await.unwrap();
+        assert!(m.encode().contains(
+            "streamgate_limiter_rejections_total{tenant=\"a\",limit=\"resolves_per_minute_per_client\"} 3"
+        ));
     }
 
     /// Tenant `a` with a higher resolve limit.

@@ -1,5 +1,5 @@
-//! Per-tenant limits: concurrent streams (per tenant, per client address within a tenant)
-//! and resolves per minute. Counters live in this process ([`memory`]) or, with
+//! Per-tenant limits: concurrent streams and resolves per minute, each per tenant and per
+//! client address within a tenant. Counters live in this process ([`memory`]) or, with
 //! `[limits] redis_url`, in Redis ([`redis`]) so that every replica shares them.
 //!
 //! A stream holds a [`StreamSlot`] for as long as its body lives; dropping it releases the
@@ -24,8 +24,9 @@ use crate::metrics::Metrics;
 /// some stream ends, which cannot be predicted; a short wait keeps clients polite.
 pub const STREAM_RETRY_AFTER_SECS: u32 = 5;
 
-/// `resolves_per_minute` counts in fixed windows that start with a tenant's first resolve
-/// (one `INCR` + `EXPIRE` in Redis); `Retry-After` is what is left of the window.
+/// `resolves_per_minute` (and its per-client twin) counts in fixed windows that start with
+/// a tenant's (a client's) first resolve (one `INCR` + `EXPIRE` in Redis); `Retry-After` is
+/// what is left of the window.
 pub(crate) const RESOLVE_WINDOW: Duration = Duration::from_secs(60);
 
 /// A tenant's `limits` table; every limit is optional (unset = unlimited).
@@ -38,6 +39,8 @@ pub struct TenantLimits {
     pub max_streams_per_client: Option<u32>,
     /// `POST /v1/resolve` calls per minute (a window opened by the first one).
     pub resolves_per_minute: Option<u32>,
+    /// The same per client address (IP), so one client cannot spend the tenant's budget.
+    pub resolves_per_minute_per_client: Option<u32>,
 }
 
 /// The top-level `[limits]` table: where counters live and what a backend failure means.
@@ -92,6 +95,7 @@ pub enum Limit {
     MaxStreams,
     MaxStreamsPerClient,
     ResolvesPerMinute,
+    ResolvesPerMinutePerClient,
 }
 
 impl Limit {
@@ -100,6 +104,7 @@ impl Limit {
             Limit::MaxStreams => "max_streams",
             Limit::MaxStreamsPerClient => "max_streams_per_client",
             Limit::ResolvesPerMinute => "resolves_per_minute",
+            Limit::ResolvesPerMinutePerClient => "resolves_per_minute_per_client",
         }
     }
 }
@@ -144,6 +149,12 @@ impl StreamSlot {
 pub(crate) struct SlotRequest {
     pub tenant: Option<(String, u32)>,
     pub client: Option<(String, u32)>,
+}
+
+/// The window a resolve counts in: the tenant's, or one client's within the tenant.
+pub(crate) struct ResolveKey<'a> {
+    pub tenant: &'a str,
+    pub client: Option<IpAddr>,
 }
 
 enum Backend {
@@ -228,20 +239,43 @@ impl Limiter {
         }
     }
 
-    /// Counts one resolve of `tenant`; refuses past `resolves_per_minute`.
-    pub async fn check_resolve(&self, tenant: &str) -> Result<(), LimitError> {
-        let Some(limit) = self.limits(tenant).resolves_per_minute else {
-            return Ok(());
-        };
-        let result = match &self.inner.backend {
-            Backend::Memory(m) => Ok(m.count_resolve(tenant, limit)),
-            Backend::Redis(r) => r.count_resolve(tenant, limit).await,
-        };
-        match result {
-            Ok(None) => Ok(()),
-            Ok(Some(wait)) => Err(self.limited(tenant, Limit::ResolvesPerMinute, wait)),
-            Err(e) => self.backend_failed(e),
+    /// Counts one resolve of `tenant` from `client`; refuses past
+    /// `resolves_per_minute_per_client`, then past `resolves_per_minute`. The client's window
+    /// is counted first, so a client over its own limit spends none of the tenant's.
+    pub async fn check_resolve(
+        &self,
+        tenant: &str,
+        client: Option<IpAddr>,
+    ) -> Result<(), LimitError> {
+        let limits = self.limits(tenant);
+        let per_client = limits.resolves_per_minute_per_client.zip(client);
+        let windows = [
+            (
+                per_client.map(|(max, ip)| (max, Some(ip))),
+                Limit::ResolvesPerMinutePerClient,
+            ),
+            (
+                limits.resolves_per_minute.map(|max| (max, None)),
+                Limit::ResolvesPerMinute,
+            ),
+        ];
+        for (window, limit) in windows {
+            let Some((max, client)) = window else {
+                continue;
+            };
+            let key = ResolveKey { tenant, client };
+            let result = match &self.inner.backend {
+                Backend::Memory(m) => Ok(m.count_resolve(&key, max)),
+                Backend::Redis(r) => r.count_resolve(&key, max).await,
+            };
+            match result {
+                Ok(None) => {}
+                Ok(Some(wait)) => return Err(self.limited(tenant, limit, wait)),
+                // Same backend for the next window: one failure, one decision.
+                Err(e) => return self.backend_failed(e),
+            }
         }
+        Ok(())
     }
 
     fn limited(&self, tenant: &str, limit: Limit, retry_after_secs: u32) -> LimitError {
@@ -295,6 +329,9 @@ mod tests {
         assert_eq!(c.limits.on_limiter_error, OnLimiterError::Deny);
         assert_eq!(c.tenants[0].limits.max_streams, Some(3));
         assert_eq!(c.tenants[0].limits.resolves_per_minute, None);
+        let per_client = BASE.replace("max_streams = 3", "resolves_per_minute_per_client = 7");
+        let c: Config = toml::from_str(&per_client).unwrap();
+        assert_eq!(c.tenants[0].limits.resolves_per_minute_per_client, Some(7));
         let c =
             parse("[limits]\nredis_url = \"redis://127.0.0.1:1/\"\non_limiter_error = \"allow\"")
                 .unwrap();

@@ -13,7 +13,7 @@ use redis::{Script, ScriptInvocation};
 use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
-use super::{BackendError, Limit, RESOLVE_WINDOW, SlotRequest, StreamSlot};
+use super::{BackendError, Limit, RESOLVE_WINDOW, ResolveKey, SlotRequest, StreamSlot};
 use crate::config::ConfigError;
 
 /// Every Redis round trip is bounded: a hung Redis must not hang requests.
@@ -139,12 +139,16 @@ impl RedisCounters {
     /// `None` if allowed, else the seconds left in the window.
     pub async fn count_resolve(
         &self,
-        tenant: &str,
+        key: &ResolveKey<'_>,
         limit: u32,
     ) -> Result<Option<u32>, BackendError> {
         let shared = &self.shared;
         let mut call = shared.resolve.prepare_invoke();
-        call.key(format!("streamgate:{{{tenant}}}:resolves"));
+        let tenant = key.tenant;
+        call.key(match key.client {
+            None => format!("streamgate:{{{tenant}}}:resolves"),
+            Some(ip) => format!("streamgate:{{{tenant}}}:resolves:client:{ip}"),
+        });
         call.arg(limit).arg(RESOLVE_WINDOW.as_millis() as u64);
         let left: i64 = shared.invoke(&call).await?;
         Ok((left >= 0).then(|| (left as u64).div_ceil(1000).max(1) as u32))
