@@ -52,7 +52,7 @@ pub struct ServeArgs {
     /// Address to listen on (overrides the config; default 127.0.0.1:8080).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Let the default tenant fetch loopback and private-network URLs (local testing).
+    /// Let the default tenant fetch loopback and private-network URLs, any port (local testing).
     #[arg(long)]
     pub allow_private_urls: bool,
     /// Sidecar binary to run (default: streamgate-sidecar next to this executable).

@@ -35,7 +35,8 @@ pub struct Tenants {
 }
 
 impl Tenants {
-    /// Loads each tenant's plugins into `engine`.
+    /// Loads each tenant's plugins into `engine` and turns its `[tenant.egress]` into the
+    /// rules its jobs carry.
     pub fn build(engine: &PluginEngine, config: &Config) -> Result<Tenants, ConfigError> {
         let mut all = Vec::with_capacity(config.tenants.len());
         let mut by_host = HashMap::new();
