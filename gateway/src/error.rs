@@ -143,6 +143,7 @@ fn job_detail(code: ErrorCode) -> &'static str {
             "an outbound connection of the job was refused by the egress rules"
         }
         ErrorCode::TooLarge => "the media is larger than this service allows",
+        ErrorCode::RangeNotSatisfiable => "the requested range starts past the end of the media",
         ErrorCode::Protocol | ErrorCode::Internal => "the media backend failed",
     }
 }
@@ -182,6 +183,7 @@ fn job_status(code: ErrorCode) -> StatusCode {
         ErrorCode::Busy => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::EgressDenied => StatusCode::FORBIDDEN,
         ErrorCode::TooLarge => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::RangeNotSatisfiable => StatusCode::RANGE_NOT_SATISFIABLE,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

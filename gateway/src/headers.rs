@@ -136,6 +136,7 @@ mod tests {
             mime: mime.into(),
             size,
             title: None,
+            ..Default::default()
         }
     }
 

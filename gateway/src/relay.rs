@@ -214,6 +214,7 @@ mod tests {
             mime: "video/mp4".into(),
             size: None,
             title: None,
+            ..Default::default()
         })
     }
 

@@ -236,6 +236,7 @@ async fn respond(
         request_id: Some(request_id.to_owned()),
         egress: tenant.egress.clone(),
         max_filesize: tenant.max_filesize,
+        ..StreamJob::default()
     };
     state.metrics.sidecar_job("stream");
     let started = state.sidecar.start(job).await;

@@ -151,6 +151,39 @@ pub struct StreamJob {
     /// Largest media (bytes) the tenant serves; bigger ends with `too_large`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_filesize: Option<u64>,
+    /// Only these bytes of a single-file format (an HTTP `Range`); formats that cannot be
+    /// cut are sent whole, and the metadata says which happened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<ByteRange>,
+    /// Metadata only (an HTTP `HEAD`): no media is fetched; `end` follows at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub head: bool,
+}
+
+/// One byte range of a media file, as HTTP's `Range: bytes=…` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByteRange {
+    /// `start-` or `start-end` (inclusive).
+    From { start: u64, end: Option<u64> },
+    /// `-len`: the last `len` bytes.
+    Suffix { len: u64 },
+}
+
+impl ByteRange {
+    /// The inclusive span this range covers in a file of `size` bytes; `None` when it
+    /// covers nothing (RFC 9110: unsatisfiable).
+    pub fn resolve(self, size: u64) -> Option<(u64, u64)> {
+        match self {
+            ByteRange::From { start, end } if start < size => {
+                Some((start, end.map_or(size - 1, |e| e.min(size - 1))))
+            }
+            ByteRange::Suffix { len } if len > 0 && size > 0 => {
+                Some((size.saturating_sub(len), size - 1))
+            }
+            _ => None,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,7 +197,7 @@ pub struct ResolveJob {
     pub egress: EgressRules,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Metadata {
     /// Suggested file name (title + real extension), not sanitised for any header.
     pub filename: String,
@@ -172,11 +205,18 @@ pub struct Metadata {
     pub ext: String,
     /// MIME type of the bytes actually emitted (sniffed, not guessed from the extension).
     pub mime: String,
-    /// Total size, only when it is known exactly before the transfer.
+    /// Total size of the media, only when it is known exactly before the transfer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub title: Option<String>,
+    /// The inclusive span the data frames carry, when the job asked for a range and the
+    /// format could be cut (`size` is then known); absent: the whole media.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<(u64, u64)>,
+    /// Which path moves the bytes: `native` (the sidecar's own fetcher) or `yt-dlp`.
+    #[serde(default)]
+    pub served_by: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -205,6 +245,9 @@ pub struct JobError {
     pub code: ErrorCode,
     /// Human-readable detail (yt-dlp's own message, trimmed).
     pub message: String,
+    /// The media's size, with `range_not_satisfiable` (for `Content-Range: bytes */size`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
 }
 
 /// Stable, machine-readable failure codes. Clients map these, never the message.
@@ -228,6 +271,8 @@ pub enum ErrorCode {
     EgressDenied,
     /// The media is larger than the tenant's `max_filesize`.
     TooLarge,
+    /// The requested range starts past the end of the media.
+    RangeNotSatisfiable,
     /// The peer broke the protocol (bad frame, wrong version, unexpected frame).
     Protocol,
     /// Anything else: a bug or a broken installation.
@@ -235,7 +280,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 10] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::NotFound,
         ErrorCode::UnsupportedUrl,
         ErrorCode::FormatUnavailable,
@@ -244,6 +289,7 @@ impl ErrorCode {
         ErrorCode::Busy,
         ErrorCode::EgressDenied,
         ErrorCode::TooLarge,
+        ErrorCode::RangeNotSatisfiable,
         ErrorCode::Protocol,
         ErrorCode::Internal,
     ];
@@ -259,6 +305,7 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::EgressDenied => "egress_denied",
             ErrorCode::TooLarge => "too_large",
+            ErrorCode::RangeNotSatisfiable => "range_not_satisfiable",
             ErrorCode::Protocol => "protocol",
             ErrorCode::Internal => "internal",
         }
@@ -276,6 +323,7 @@ impl JobError {
         JobError {
             code,
             message: message.into(),
+            size: None,
         }
     }
 }

@@ -7,7 +7,7 @@ pub mod input;
 
 pub use codec::{FrameCodec, MAX_DATA_LEN, MAX_FRAME_LEN, ProtocolError};
 pub use frame::{
-    EgressMode, EgressRules, ErrorCode, FormatInfo, Frame, Hello, JobError, MediaInfo, Metadata,
+    ByteRange, EgressMode, EgressRules, ErrorCode, FormatInfo, Frame, Hello, JobError, MediaInfo, Metadata,
     PROTOCOL_VERSION, ResolveJob, StreamJob, Welcome, kind,
 };
 

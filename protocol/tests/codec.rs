@@ -203,6 +203,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 request_id,
                 egress: EgressRules::default(),
                 max_filesize: None,
+                range: Some(ByteRange::From { start: 5, end: None }),
+                head: false,
             })
         ),
         (any::<String>(), opt_string(), opt_string()).prop_map(|(url, tenant, request_id)| {
@@ -230,7 +232,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     ext,
                     mime,
                     size,
-                    title
+                    title,
+                    ..Default::default()
                 })
             ),
         (
@@ -250,7 +253,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         proptest::collection::vec(any::<u8>(), 0..4096).prop_map(|v| Frame::Data(Bytes::from(v))),
         any::<u64>().prop_map(|total_bytes| Frame::End { total_bytes }),
         (code, any::<String>())
-            .prop_map(|(code, message)| Frame::Error(JobError { code, message })),
+            .prop_map(|(code, message)| Frame::Error(JobError::new(code, message))),
         Just(Frame::Cancel),
     ]
 }
@@ -368,4 +371,19 @@ proptest! {
         }
         prop_assert_eq!(coalesce(got), coalesce(frames));
     }
+}
+
+#[test]
+fn byte_ranges_resolve_against_the_size() {
+    let from = |start, end| ByteRange::From { start, end };
+    assert_eq!(from(0, None).resolve(10), Some((0, 9)));
+    assert_eq!(from(2, Some(5)).resolve(10), Some((2, 5)));
+    assert_eq!(from(2, Some(50)).resolve(10), Some((2, 9)));
+    assert_eq!(from(10, None).resolve(10), None);
+    assert_eq!(from(0, None).resolve(0), None);
+    assert_eq!(ByteRange::Suffix { len: 3 }.resolve(10), Some((7, 9)));
+    assert_eq!(ByteRange::Suffix { len: 30 }.resolve(10), Some((0, 9)));
+    assert_eq!(ByteRange::Suffix { len: 0 }.resolve(10), None);
+    let wire = serde_json::to_string(&ByteRange::Suffix { len: 5 }).unwrap();
+    assert_eq!(wire, r#"{"suffix":{"len":5}}"#);
 }

@@ -16,6 +16,8 @@ use crate::sandbox::Sandbox;
 use crate::server::{Rx, Shared, Tx};
 use crate::sniff::sniff;
 
+/// `metadata.served_by` of this path: yt-dlp's own downloaders move the bytes.
+const SERVED_BY: &str = "yt-dlp";
 /// The first chunk is filled up to this much before sniffing: enough for a faststart `moov`.
 const FIRST_CHUNK: usize = 64 * 1024;
 /// How long the last frame (end or error) may wait for a client that is not reading.
@@ -278,6 +280,8 @@ fn metadata(info: &Info, head: &[u8]) -> Metadata {
         mime: sniffed.mime.to_owned(),
         size: info.filesize.filter(|_| single_http),
         title: info.title.clone(),
+        range: None,
+        served_by: SERVED_BY.to_owned(),
     }
 }
 

@@ -115,7 +115,7 @@ impl Client {
             tenant: Some("tests".into()),
             request_id: None,
             egress: loopback_egress(),
-            max_filesize: None,
+            ..StreamJob::default()
         }))
         .await
     }

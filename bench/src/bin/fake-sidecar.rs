@@ -127,6 +127,7 @@ async fn serve(
                 mime: "video/mp2t".into(),
                 size: Some(total),
                 title: Some("fake".into()),
+                ..Default::default()
             }))
             .await?;
             // From here on, raw pre-encoded frames straight onto the socket.
