@@ -234,6 +234,16 @@ impl Problem {
         if matches!(&self.error, GatewayError::Job(e) if e.code == ErrorCode::Busy) {
             headers.insert(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.into());
         }
+        // RFC 9110 §15.5.17: a 416 names the current length, so the client can ask again.
+        if let GatewayError::Job(JobError {
+            code: ErrorCode::RangeNotSatisfiable,
+            size: Some(size),
+            ..
+        }) = &self.error
+        {
+            let range = HeaderValue::from_str(&format!("bytes */{size}")).expect("only digits");
+            headers.insert(header::CONTENT_RANGE, range);
+        }
         if let GatewayError::Limit(LimitError::Limited {
             retry_after_secs, ..
         }) = &self.error
@@ -294,6 +304,7 @@ mod tests {
         assert_eq!(status(ErrorCode::Busy), 503);
         assert_eq!(status(ErrorCode::EgressDenied), 403);
         assert_eq!(status(ErrorCode::TooLarge), 422);
+        assert_eq!(status(ErrorCode::RangeNotSatisfiable), 416);
         assert_eq!(status(ErrorCode::Protocol), 502);
         assert_eq!(status(ErrorCode::Internal), 500);
     }
@@ -355,5 +366,19 @@ mod tests {
         assert_eq!(resp.headers()["retry-after"], "2");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
         assert_eq!(resp.headers()["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn an_unsatisfiable_range_names_the_size() {
+        let mut e = JobError::new(ErrorCode::RangeNotSatisfiable, "start past the end");
+        e.size = Some(5000);
+        let resp = Problem::new(GatewayError::Job(e.clone()), "abc").to_response();
+        assert_eq!(resp.status(), 416);
+        assert_eq!(resp.headers()["content-range"], "bytes */5000");
+        assert_eq!(resp.headers()["content-type"], "application/problem+json");
+        e.size = None;
+        let resp = Problem::new(GatewayError::Job(e), "abc").to_response();
+        assert_eq!(resp.status(), 416);
+        assert!(resp.headers().get("content-range").is_none());
     }
 }

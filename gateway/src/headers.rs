@@ -4,7 +4,10 @@
 use std::fmt::Write;
 
 use streamgate_protocol::Metadata;
+use warp::http::StatusCode;
 use warp::http::header::{self, HeaderMap, HeaderValue};
+
+use crate::range::Span;
 
 /// Longest file name offered to the client, in characters (extension included).
 const MAX_FILENAME_CHARS: usize = 150;
@@ -28,25 +31,60 @@ const MIME_BY_EXT: &[(&str, &str)] = &[
     ("flac", "audio/flac"),
 ];
 
-/// Every header of a media response (GET and HEAD alike).
-pub fn media_headers(meta: &Metadata, filename: Option<&str>, request_id: &str) -> HeaderMap {
+/// `metadata.served_by` of the sidecar's own fetcher, the one path that can cut a file.
+pub const SERVED_NATIVE: &str = "native";
+
+/// What a media response starts with: status, headers, and the exact body length when known
+/// (the relay holds the body to it, so a declared length is never silently short).
+#[derive(Debug)]
+pub struct MediaHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub length: Option<u64>,
+}
+
+/// The head of a media response (GET and HEAD alike): 206 with `Content-Range` for the
+/// `span` the sidecar cut (`range::served`), else 200 with the whole media's size when known.
+pub fn media_head(
+    meta: &Metadata,
+    span: Option<Span>,
+    filename: Option<&str>,
+    request_id: &str,
+) -> MediaHead {
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_TYPE, content_type(meta));
     let name = file_name(filename.unwrap_or(&meta.filename), &meta.ext);
     h.insert(header::CONTENT_DISPOSITION, content_disposition(&name));
-    if let Some(size) = meta.size {
-        h.insert(header::CONTENT_LENGTH, size.into());
+    let (status, length) = match span {
+        Some(s) => {
+            let range = format!("bytes {}-{}/{}", s.start, s.end, s.size);
+            let range = HeaderValue::from_str(&range).expect("only digits");
+            h.insert(header::CONTENT_RANGE, range);
+            (StatusCode::PARTIAL_CONTENT, Some(s.length()))
+        }
+        None => (StatusCode::OK, meta.size),
+    };
+    if let Some(len) = length {
+        h.insert(header::CONTENT_LENGTH, len.into());
     }
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("none"));
+    // Only a file the native fetcher moves whole, of a known size, can be cut on request;
+    // merged, segmented and yt-dlp-served media come whole, so clients must not try.
+    let cuttable = span.is_some() || (meta.served_by == SERVED_NATIVE && meta.size.is_some());
+    let ranges = if cuttable { "bytes" } else { "none" };
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static(ranges));
     if let Ok(id) = HeaderValue::from_str(request_id) {
         h.insert("x-request-id", id);
     }
-    h
+    MediaHead {
+        status,
+        headers: h,
+        length,
+    }
 }
 
 /// The sniffed MIME type when it looks like one, else the extension's, else octet-stream.
@@ -82,13 +120,12 @@ pub fn file_name(wanted: &str, real_ext: &str) -> String {
     let mut stem = if clean.is_empty() { "download" } else { clean }.to_owned();
     let ext = real_ext.trim().to_ascii_lowercase();
     let ext_ok = !ext.is_empty() && ext.bytes().all(|b| b.is_ascii_alphanumeric());
-    if ext_ok {
-        if let Some((base, old)) = stem.rsplit_once('.')
-            && (old.eq_ignore_ascii_case(&ext) || mime_for_ext(old).is_some())
-            && !base.is_empty()
-        {
-            stem = base.to_owned();
-        }
+    if ext_ok
+        && let Some((base, old)) = stem.rsplit_once('.')
+        && (old.eq_ignore_ascii_case(&ext) || mime_for_ext(old).is_some())
+        && !base.is_empty()
+    {
+        stem = base.to_owned();
     }
     let suffix = if ext_ok {
         format!(".{ext}")
@@ -168,14 +205,78 @@ mod tests {
 
     #[test]
     fn content_type_prefers_the_sniffed_mime() {
-        let h = media_headers(&meta("video/mp2t", "ts", Some(10)), Some("x.mp4"), "r1");
+        let m = meta("video/mp2t", "ts", Some(10));
+        let h = media_head(&m, None, Some("x.mp4"), "r1").headers;
         assert_eq!(h["content-type"], "video/mp2t");
         assert_eq!(h["content-length"], "10");
         assert_eq!(h["content-disposition"], "attachment; filename=\"x.ts\"");
         assert_eq!(h["x-content-type-options"], "nosniff");
         assert_eq!(h["cache-control"], "no-store");
-        let h = media_headers(&meta("", "mkv", None), None, "r1");
+        assert_eq!(h["x-request-id"], "r1");
+        let h = media_head(&meta("", "mkv", None), None, None, "r1").headers;
         assert_eq!(h["content-type"], "video/x-matroska");
         assert!(h.get("content-length").is_none());
+    }
+
+    fn served_by(by: &str, size: Option<u64>) -> Metadata {
+        Metadata {
+            served_by: by.into(),
+            ..meta("video/mp4", "mp4", size)
+        }
+    }
+
+    #[test]
+    fn whole_media_says_whether_it_can_be_cut() {
+        let head = media_head(&served_by(SERVED_NATIVE, Some(5000)), None, None, "r");
+        assert_eq!(head.status, StatusCode::OK);
+        assert_eq!(head.length, Some(5000));
+        assert_eq!(head.headers["content-length"], "5000");
+        assert_eq!(head.headers["accept-ranges"], "bytes");
+        assert!(head.headers.get("content-range").is_none());
+        // yt-dlp's downloaders (a known size or not), or a native merge of unknown size.
+        for m in [
+            served_by("yt-dlp", Some(5000)),
+            served_by("yt-dlp", None),
+            served_by(SERVED_NATIVE, None),
+        ] {
+            let head = media_head(&m, None, None, "r");
+            assert_eq!(head.status, StatusCode::OK, "{m:?}");
+            assert_eq!(head.length, m.size);
+            assert_eq!(head.headers["accept-ranges"], "none", "{m:?}");
+        }
+    }
+
+    #[test]
+    fn a_cut_span_is_a_206_of_exactly_its_bytes() {
+        let span = Span {
+            start: 1000,
+            end: 1999,
+            size: 5000,
+        };
+        let m = Metadata {
+            range: Some((1000, 1999)),
+            ..served_by(SERVED_NATIVE, Some(5000))
+        };
+        let head = media_head(&m, Some(span), Some("clip"), "r");
+        assert_eq!(head.status, StatusCode::PARTIAL_CONTENT);
+        assert_eq!(head.length, Some(1000));
+        let h = &head.headers;
+        assert_eq!(h["content-range"], "bytes 1000-1999/5000");
+        assert_eq!(h["content-length"], "1000");
+        assert_eq!(h["accept-ranges"], "bytes");
+        assert_eq!(h["content-type"], "video/mp4");
+        assert_eq!(
+            h["content-disposition"],
+            "attachment; filename=\"clip.mp4\""
+        );
+        assert_eq!(h["x-request-id"], "r");
+        let last = Span {
+            start: 4999,
+            end: 4999,
+            size: 5000,
+        };
+        let head = media_head(&m, Some(last), None, "r");
+        assert_eq!(head.headers["content-range"], "bytes 4999-4999/5000");
+        assert_eq!(head.headers["content-length"], "1");
     }
 }

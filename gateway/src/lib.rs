@@ -8,6 +8,7 @@ pub mod headers;
 pub mod limits;
 pub mod metrics;
 pub mod plugin;
+pub mod range;
 pub mod relay;
 pub mod reload;
 pub mod resolve;

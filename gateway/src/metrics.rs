@@ -18,6 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::headers::SERVED_NATIVE;
 use crate::limits::StreamSlot;
 use crate::plugin::PluginError;
 use crate::relay::RelayError;
@@ -61,6 +62,12 @@ struct LimitLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResponseLabels {
+    served_by: String,
+    response: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
     decision: String,
 }
@@ -81,6 +88,7 @@ struct Inner {
     first_byte: HistogramFamily<TenantLabel>,
     sidecar_jobs: Family<KindLabel, Counter>,
     sidecar_errors: Family<CodeLabel, Counter>,
+    media_responses: Family<ResponseLabels, Counter>,
     plugin_calls: Family<PluginLabel, Counter>,
     plugin_failures: Family<PluginLabel, Counter>,
     plugin_latency: HistogramFamily<PluginLabel>,
@@ -109,6 +117,7 @@ impl Metrics {
             first_byte: Family::new_with_constructor(latency_histogram),
             sidecar_jobs: Family::default(),
             sidecar_errors: Family::default(),
+            media_responses: Family::default(),
             plugin_calls: Family::default(),
             plugin_failures: Family::default(),
             plugin_latency: Family::new_with_constructor(latency_histogram),
@@ -139,6 +148,12 @@ impl Metrics {
         r.register("sidecar_jobs", "Jobs started on the sidecar by kind", jobs);
         let errs = inner.sidecar_errors.clone();
         r.register("sidecar_errors", "Sidecar job errors by code", errs);
+        let media = inner.media_responses.clone();
+        r.register(
+            "media_responses",
+            "Media responses by the path that served them and their kind",
+            media,
+        );
         r.register(
             "plugin_calls",
             "Plugin calls by plugin",
@@ -194,6 +209,21 @@ impl Metrics {
             .sidecar_errors
             .get_or_create(&CodeLabel { code })
             .inc();
+    }
+
+    /// A media response whose head is decided: `served_by` is the metadata's (`native`,
+    /// `yt-dlp`; anything else counts as `other`, so a sidecar cannot grow the label set),
+    /// `response` one of `whole`, `partial` (206) and `head`.
+    pub fn media_response(&self, served_by: &str, response: &'static str) {
+        let served_by = match served_by {
+            SERVED_NATIVE | "yt-dlp" => served_by,
+            _ => "other",
+        };
+        let labels = ResponseLabels {
+            served_by: served_by.to_owned(),
+            response: response.to_owned(),
+        };
+        self.inner.media_responses.get_or_create(&labels).inc();
     }
 
     /// Times one plugin call; a `PluginError` (not a denial) counts as a failure.
@@ -331,6 +361,9 @@ mod tests {
         m.request("a", 200);
         m.request(NO_TENANT, 404);
         m.limiter_error("deny");
+        m.media_response("native", "partial");
+        m.media_response("yt-dlp", "whole");
+        m.media_response("../../etc", "head");
         let text = m.encode();
         assert!(
             text.contains("streamgate_http_requests_total{tenant=\"a\",status=\"200\"} 2"),
@@ -338,6 +371,16 @@ mod tests {
         );
         assert!(text.contains("streamgate_http_requests_total{tenant=\"-\",status=\"404\"} 1"));
         assert!(text.contains("streamgate_limiter_errors_total{decision=\"deny\"} 1"));
+        let media = "streamgate_media_responses_total";
+        assert!(text.contains(&format!(
+            "{media}{{served_by=\"native\",response=\"partial\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "{media}{{served_by=\"yt-dlp\",response=\"whole\"}} 1"
+        )));
+        assert!(text.contains(&format!(
+            "{media}{{served_by=\"other\",response=\"head\"}} 1"
+        )));
         assert!(text.ends_with("# EOF\n"));
     }
 }

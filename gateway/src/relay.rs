@@ -37,6 +37,9 @@ pub enum RelayError {
     Truncated { sent: u64 },
     #[error("the sidecar reported {reported} bytes, {sent} were relayed")]
     Miscount { reported: u64, sent: u64 },
+    /// The response declared a `Content-Length`: the body may carry neither less nor more.
+    #[error("the response declared {declared} bytes, the sidecar sent {sent}")]
+    Length { declared: u64, sent: u64 },
     #[error("the server is shutting down and the drain deadline has passed")]
     ShuttingDown,
 }
@@ -64,6 +67,8 @@ impl ActiveStreams {
 pub struct MediaBody {
     conn: JobConnection,
     request_id: String,
+    /// The `Content-Length` the response declared, if any.
+    declared: Option<u64>,
     sent: u64,
     started: Instant,
     done: bool,
@@ -73,7 +78,13 @@ pub struct MediaBody {
 }
 
 impl MediaBody {
-    pub fn new(mut conn: JobConnection, request_id: String, active: ActiveStreams) -> Self {
+    /// `declared`: the response's `Content-Length`, which the body must match exactly.
+    pub fn new(
+        mut conn: JobConnection,
+        request_id: String,
+        declared: Option<u64>,
+        active: ActiveStreams,
+    ) -> Self {
         // Between frames (the metadata was the last one decoded): safe to swap codecs.
         *conn.codec_mut() = FrameCodec::streaming_data(CHUNK);
         active.count.fetch_add(1, Ordering::Relaxed);
@@ -82,6 +93,7 @@ impl MediaBody {
             aborted,
             conn,
             request_id,
+            declared,
             sent: 0,
             started: Instant::now(),
             done: false,
@@ -127,10 +139,21 @@ impl Stream for MediaBody {
         let frame = ready!(Pin::new(&mut this.conn).poll_next(cx));
         match frame {
             Some(Ok(Frame::Data(bytes))) => {
-                this.sent += bytes.len() as u64;
+                let sent = this.sent + bytes.len() as u64;
+                // More than declared means the span is wrong: fail rather than let hyper truncate
+                // it silently to the declared length.
+                if let Some(declared) = this.declared.filter(|&d| sent > d) {
+                    send_cancel(&this.conn);
+                    return this.fail(RelayError::Length { declared, sent });
+                }
+                this.sent = sent;
                 Poll::Ready(Some(Ok(bytes)))
             }
             Some(Ok(Frame::End { total_bytes })) if total_bytes == this.sent => {
+                if let Some(declared) = this.declared.filter(|&d| d != this.sent) {
+                    let sent = this.sent;
+                    return this.fail(RelayError::Length { declared, sent });
+                }
                 this.finish(Ok(()));
                 Poll::Ready(None)
             }
@@ -221,6 +244,15 @@ mod tests {
     /// Sends `wire` (metadata first) in pieces of `piece` bytes, then closes; returns
     /// what the body yields: the bytes relayed and the error it ended with, if any.
     async fn relay(wire: Vec<u8>, piece: usize) -> (Vec<u8>, usize, Option<RelayError>) {
+        relay_declared(wire, piece, None).await
+    }
+
+    /// [`relay`] for a response that declared `declared` bytes.
+    async fn relay_declared(
+        wire: Vec<u8>,
+        piece: usize,
+        declared: Option<u64>,
+    ) -> (Vec<u8>, usize, Option<RelayError>) {
         let (ours, mut theirs) = UnixStream::pair().unwrap();
         let writer = tokio::spawn(async move {
             for part in wire.chunks(piece) {
@@ -231,7 +263,7 @@ mod tests {
         let mut conn = connection(ours);
         let first = next_frame(&mut conn, "test").await.unwrap();
         assert!(matches!(first, Frame::Metadata(_)));
-        let mut body = MediaBody::new(conn, "test".into(), ActiveStreams::default());
+        let mut body = MediaBody::new(conn, "test".into(), declared, ActiveStreams::default());
         let (mut got, mut largest, mut err) = (Vec::new(), 0, None);
         while let Some(item) = body.next().await {
             match item {
@@ -328,5 +360,42 @@ mod tests {
                 Some(RelayError::Protocol(ProtocolError::FrameTooLarge { .. }))
             ));
         }
+    }
+
+    #[tokio::test]
+    async fn a_declared_length_is_met_exactly() {
+        let data = payload(100_000, 7);
+        let whole = |datas: &[Bytes]| {
+            let mut f = vec![metadata()];
+            f.extend(datas.iter().cloned().map(Frame::Data));
+            let total = datas.iter().map(|d| d.len() as u64).sum();
+            f.push(Frame::End { total_bytes: total });
+            encode(f)
+        };
+        let (got, _, err) =
+            relay_declared(whole(std::slice::from_ref(&data)), 4096, Some(100_000)).await;
+        assert!(err.is_none(), "{err:?}");
+        assert_eq!(got, data);
+        // Short: a clean end before the declared length is still a cut body.
+        let (_, _, err) =
+            relay_declared(whole(std::slice::from_ref(&data)), 4096, Some(100_001)).await;
+        assert!(matches!(
+            err,
+            Some(RelayError::Length {
+                declared: 100_001,
+                sent: 100_000
+            })
+        ));
+        // Long: the chunk that would pass the declared length never leaves.
+        let two = whole(&[data.clone(), payload(10, 8)]);
+        let (got, _, err) = relay_declared(two, 4096, Some(100_000)).await;
+        assert_eq!(got, data, "exactly the declared bytes, then the error");
+        assert!(matches!(
+            err,
+            Some(RelayError::Length {
+                declared: 100_000,
+                sent: 100_010
+            })
+        ));
     }
 }

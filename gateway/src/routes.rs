@@ -10,14 +10,15 @@ use serde_json::json;
 use streamgate_protocol::StreamJob;
 use streamgate_protocol::input::{canonical_url, check_format};
 use tracing::Instrument;
-use warp::http::{HeaderMap, Method, StatusCode};
+use warp::http::{HeaderMap, Method};
 use warp::{Filter, Rejection, Reply};
 
 use crate::error::{GatewayError, Problem, recover};
-use crate::headers::media_headers;
+use crate::headers::media_head;
 use crate::limits::Limiter;
 use crate::metrics::{self, MeteredBody, Metrics};
 use crate::plugin::{PolicyDecision, RequestInfo};
+use crate::range;
 use crate::relay::{self, ActiveStreams, MediaBody};
 use crate::server::ClientAddr;
 use crate::sidecar::SidecarClient;
@@ -188,6 +189,7 @@ async fn respond(
         .filter(|v| !v.is_empty())
         .ok_or(GatewayError::MissingToken)?;
     let received = std::time::Instant::now();
+    let range = range::requested(&method, &parts.headers);
     let (tenant, info) = plugin_request(&method, parts, state)?;
     let plugin_err = |plugin: &str| {
         let plugin = plugin.to_owned();
@@ -228,7 +230,8 @@ async fn respond(
         .limiter
         .acquire_stream(&tenant.id, client_ip(&info))
         .await?;
-    tracing::info!(tenant = %tenant.id, url = %wanted.url, format = %wanted.format, "job");
+    tracing::info!(tenant = %tenant.id, url = %wanted.url, format = %wanted.format, ?range, "job");
+    let head = method == Method::HEAD;
     let job = StreamJob {
         url: wanted.url,
         format: wanted.format,
@@ -236,7 +239,8 @@ async fn respond(
         request_id: Some(request_id.to_owned()),
         egress: tenant.egress.clone(),
         max_filesize: tenant.max_filesize,
-        ..StreamJob::default()
+        range,
+        head,
     };
     state.metrics.sidecar_job("stream");
     let started = state.sidecar.start(job).await;
@@ -244,21 +248,35 @@ async fn respond(
         state.metrics.sidecar_error(e.code.as_str());
     }
     let (meta, conn) = started?;
-    tracing::info!(mime = %meta.mime, size = ?meta.size, "metadata");
-    let headers = media_headers(&meta, wanted.filename.as_deref(), request_id);
-    let mut resp = if method == Method::HEAD {
+    let span = range::served(range, &meta)?;
+    tracing::info!(
+        mime = %meta.mime, size = ?meta.size, served_by = %meta.served_by, ?span, "metadata"
+    );
+    let media = media_head(&meta, span, wanted.filename.as_deref(), request_id);
+    let kind = match (head, span) {
+        (true, _) => "head",
+        (false, Some(_)) => "partial",
+        (false, None) => "whole",
+    };
+    state.metrics.media_response(&meta.served_by, kind);
+    let mut resp = if head {
+        // The job ends by itself after the metadata; `cancel` also stops a sidecar that
+        // would fetch anyway.
         relay::cancel(conn);
-        // Not `Full::default()`: hyper would announce `content-length: 0` for that.
+        // A body of unknown length, never polled: hyper sends the `Content-Length` set
+        // below as is, and none when the size is unknown (an empty `Full` would be
+        // announced as 0).
         let nothing = futures::stream::empty::<Result<bytes::Bytes, Infallible>>();
         warp::reply::stream(nothing).into_response()
     } else {
-        let body = MediaBody::new(conn, request_id.to_owned(), state.active.clone());
+        let active = state.active.clone();
+        let body = MediaBody::new(conn, request_id.to_owned(), media.length, active);
         let metrics = state.metrics.clone();
         let body = MeteredBody::new(body, &tenant.id, metrics, received, slot);
         warp::reply::stream(body).into_response()
     };
-    *resp.status_mut() = StatusCode::OK;
-    resp.headers_mut().extend(headers);
+    *resp.status_mut() = media.status;
+    resp.headers_mut().extend(media.headers);
     Ok(resp)
 }
 
