@@ -1,6 +1,8 @@
-//! The extraction cache: a resolve's full info JSON, kept in memory only, for a short TTL
-//! (well under the lifetime of the media URLs inside it), keyed by tenant + URL. A stream
-//! job that hits it skips yt-dlp's extraction (`--load-info-json` from a pipe).
+//! The extraction cache: info JSON kept in memory only, for a short TTL (well under the
+//! lifetime of the media URLs inside it), keyed by tenant + a key: the URL for a resolve's
+//! full info, the URL and format selector for a stream's extraction (`extract::key`). A
+//! stream whose selection is cached skips yt-dlp altogether (a seeking player asks many
+//! times); one whose URL was resolved skips the network part (`--load-info-json`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -48,6 +50,12 @@ impl Cache {
         }
         map.remove(&key);
         None
+    }
+
+    /// Drops an entry (its media URLs stopped working).
+    pub fn remove(&self, tenant: Option<&str>, url: &str) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.remove(&Self::key(tenant, url));
     }
 
     /// Keeps `json`, evicting the oldest entries to stay within the bounds.

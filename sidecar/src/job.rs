@@ -1,4 +1,5 @@
-//! One stream job: yt-dlp's stdout relayed as data frames, metadata first, end or error last.
+//! A stream yt-dlp's own downloaders move (merges, HLS, DASH, …): its stdout relayed as
+//! data frames, metadata (sniffed from the first bytes) first, end or error last.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,7 @@ use tokio::net::unix::pipe;
 use tracing::{debug, info, warn};
 
 use crate::classify::{classify, merge_refused};
+use crate::native::Want;
 use crate::proc::Proc;
 use crate::sandbox::Sandbox;
 use crate::server::{Rx, Shared, Tx};
@@ -78,10 +80,11 @@ pub async fn run(
     mut proc: Proc,
     started: Instant,
     sandbox: &Sandbox,
-    max_filesize: Option<u64>,
+    want: Want,
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
+    let max_filesize = want.max_filesize;
     let Some(mut stdout) = proc.stdout.take() else {
         proc.kill().await;
         return fail(
@@ -95,7 +98,7 @@ pub async fn run(
     let mut total: u64 = 0;
     let mut first = true;
     loop {
-        let want = if first { FIRST_CHUNK } else { MAX_DATA_LEN };
+        let size = if first { FIRST_CHUNK } else { MAX_DATA_LEN };
         let read = tokio::select! {
             biased;
             ev = peer_event(rx) => return stop(proc, ev, total, tx).await,
@@ -103,7 +106,7 @@ pub async fn run(
                 proc.kill().await;
                 return fail(tx, JobError::new(ErrorCode::Internal, "the sidecar is shutting down"), total).await;
             }
-            r = tokio::time::timeout(stall, read_chunk(&mut stdout, want, first)) => r,
+            r = tokio::time::timeout(stall, read_chunk(&mut stdout, size, first)) => r,
         };
         let chunk = match read {
             Err(_) => {
@@ -146,6 +149,15 @@ pub async fn run(
             }
             let meta = metadata(&info, &chunk);
             info!(ext = %meta.ext, mime = %meta.mime, format = ?info.format_id, "streaming");
+            if want.head {
+                // What the bytes are is known from the first chunk; nothing more is sent.
+                proc.kill().await;
+                let _ =
+                    tokio::time::timeout(LAST_FRAME_TIMEOUT, tx.send(Frame::Metadata(meta))).await;
+                let end = Frame::End { total_bytes: 0 };
+                let _ = tokio::time::timeout(LAST_FRAME_TIMEOUT, tx.send(end)).await;
+                return Outcome::Done { bytes: 0 };
+            }
             frames.push(Frame::Metadata(meta));
         }
         total += chunk.len() as u64;
@@ -286,7 +298,7 @@ fn metadata(info: &Info, head: &[u8]) -> Metadata {
 }
 
 /// A title made safe as a file name stem: no path separators, no control characters.
-fn clean_title(title: &str) -> String {
+pub(crate) fn clean_title(title: &str) -> String {
     let cleaned: String = title
         .chars()
         .map(|c| {
@@ -302,6 +314,11 @@ fn clean_title(title: &str) -> String {
 
 pub(crate) async fn stop(mut proc: Proc, ev: Peer, total: u64, tx: &mut Tx) -> Outcome {
     proc.kill().await;
+    peer_ended(ev, total, tx).await
+}
+
+/// The client cancelled, left or broke the protocol: how the job ends.
+pub(crate) async fn peer_ended(ev: Peer, total: u64, tx: &mut Tx) -> Outcome {
     match ev {
         Peer::Cancel | Peer::Gone => Outcome::Cancelled { bytes: total },
         Peer::Broke(reason) => {

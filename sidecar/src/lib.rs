@@ -7,13 +7,18 @@
 mod cache;
 mod classify;
 mod egress;
+mod extract;
+mod fetch;
 mod job;
+mod launch;
+mod native;
 mod pool;
 mod proc;
 mod resolve;
 mod sandbox;
 mod server;
 mod sniff;
+mod stream;
 mod ytdlp;
 
 use std::path::PathBuf;

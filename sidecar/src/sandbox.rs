@@ -52,6 +52,11 @@ impl Sandbox {
         self.ns.as_ref().map(AsRawFd::as_raw_fd)
     }
 
+    /// The job's egress, for the sidecar's own connections.
+    pub fn egress(&self) -> Arc<Egress> {
+        Arc::clone(&self.egress)
+    }
+
     pub fn proxy_url(&self) -> &str {
         self.proxy.url()
     }

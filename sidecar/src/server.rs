@@ -17,14 +17,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::egress::{Egress, EgressError, Rules, Upstream, netns};
 use crate::job::{self, Outcome};
+use crate::native::Want;
 use crate::pool::Pool;
 use crate::sandbox::Sandbox;
 use crate::ytdlp::{JobArgs, Place, YtDlp};
-use crate::{Cache, Config, Error, resolve};
+use crate::{Cache, Config, Error, launch, resolve, stream};
 
 /// Sending half of a client connection.
 pub(crate) type Tx = SplitSink<Connection<UnixStream>, Frame>;
@@ -266,16 +267,21 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             _ = shared.draining.cancelled() => return,
         };
         let started = Instant::now();
-        let (kind, url, format, tenant, egress, max_filesize) = match request {
+        let (name, url, format, tenant, egress, want) = match request {
             Ok(Frame::Stream(j)) => {
                 record(&j.tenant, &j.request_id);
+                let want = Want {
+                    range: j.range,
+                    head: j.head,
+                    max_filesize: j.max_filesize,
+                };
                 (
                     "stream",
                     j.url,
                     Some(j.format),
                     j.tenant,
                     j.egress,
-                    j.max_filesize,
+                    Some(want),
                 )
             }
             Ok(Frame::Resolve(j)) => {
@@ -295,15 +301,18 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             }
             Err(e) => return protocol_error(&mut conn, e).await,
         };
-        tracing::Span::current().record("kind", kind);
+        tracing::Span::current().record("kind", name);
         let (mut tx, mut rx) = conn.split();
         let job = async {
+            let kind = match (format.as_deref(), want) {
+                (Some(format), Some(want)) => Kind::Stream { format, want },
+                _ => Kind::Resolve,
+            };
             let job = Job {
                 url: &url,
-                format: format.as_deref(),
                 tenant: tenant.as_deref(),
                 egress: &egress,
-                max_filesize,
+                kind,
                 started,
             };
             let outcome = run_job(&shared, job, &mut tx, &mut rx).await;
@@ -353,24 +362,32 @@ async fn protocol_error(conn: &mut Connection<UnixStream>, err: ProtocolError) {
 /// What a client asked for.
 struct Job<'a> {
     url: &'a str,
-    format: Option<&'a str>,
     tenant: Option<&'a str>,
     egress: &'a EgressRules,
-    max_filesize: Option<u64>,
+    kind: Kind<'a>,
     started: Instant,
 }
 
+/// The two kinds of job.
+enum Kind<'a> {
+    Stream { format: &'a str, want: Want },
+    Resolve,
+}
+
 /// Refuses bad input and URLs the egress refuses, waits for a slot, makes the job's
-/// sandbox, starts yt-dlp in it (pool worker or spawned) and hands over to the job.
+/// sandbox and runs the job in it.
 async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Outcome {
     let Job {
         url,
-        format,
         tenant,
         egress,
-        max_filesize,
+        kind,
         started,
     } = job;
+    let format = match kind {
+        Kind::Stream { format, .. } => Some(format),
+        Kind::Resolve => None,
+    };
     if let Err(e) = check_input(url, format) {
         return job::fail(tx, e, 0).await;
     }
@@ -398,87 +415,51 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
             return job::fail(tx, JobError::new(ErrorCode::Internal, e.to_string()), 0).await;
         }
     };
-    let cached = format.and_then(|_| shared.cache.get(tenant, url));
-    if let Some(json) = &cached {
-        debug!(bytes = json.len(), "extraction cache hit");
+    // A job kills and reaps its processes on every path before returning; only then is the
+    // sandbox (directory, proxy, namespace) dropped.
+    match kind {
+        Kind::Stream { format, want } => {
+            let spec = stream::Spec {
+                tenant,
+                url,
+                format,
+                want,
+                started,
+            };
+            stream::run(shared, spec, &sandbox, tx, rx).await
+        }
+        Kind::Resolve => resolve_job(shared, tenant, url, &sandbox, tx, rx).await,
     }
-    let job_args = JobArgs {
+}
+
+/// `yt-dlp -J` for a resolve; its answer also fills the extraction cache.
+async fn resolve_job(
+    shared: &Shared,
+    tenant: Option<&str>,
+    url: &str,
+    sandbox: &Sandbox,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Outcome {
+    let job = JobArgs {
         proxy: sandbox.proxy_url(),
     };
-    let args = match format {
-        Some(f) => shared
-            .ytdlp
-            .stream_args(url, f, cached.is_some(), &job_args),
-        None => shared.ytdlp.resolve_args(url, &job_args),
-    };
+    let args = shared.ytdlp.resolve_args(url, &job);
     let place = Place {
         dir: sandbox.dir(),
         ns: sandbox.ns(),
     };
-    let started_proc = match start(shared, args, format.is_some(), cached.as_ref(), place).await {
-        Ok(p) => p,
+    let pool = shared.pool.as_deref();
+    match launch::start(pool, &shared.ytdlp, args, false, None, place).await {
+        Ok(proc) => {
+            tracing::Span::current().record("pgid", proc.pgid());
+            resolve::run(shared, proc, (tenant, url), sandbox, tx, rx).await
+        }
         Err(e) => {
             error!("{e}");
-            return job::fail(tx, JobError::new(ErrorCode::Internal, e.to_string()), 0).await;
+            job::fail(tx, JobError::new(ErrorCode::Internal, e.to_string()), 0).await
         }
-    };
-    let span = tracing::Span::current();
-    span.record("pgid", started_proc.pgid());
-    debug!(
-        ms = job::ms(started),
-        pooled = started_proc.pooled(),
-        cached = cached.is_some(),
-        "job started"
-    );
-    // The job kills and reaps its processes on every path before returning; only then is
-    // the sandbox (directory, proxy, namespace) dropped.
-    match format {
-        Some(_) => {
-            job::run(
-                shared,
-                started_proc,
-                started,
-                &sandbox,
-                max_filesize,
-                tx,
-                rx,
-            )
-            .await
-        }
-        None => resolve::run(shared, started_proc, (tenant, url), &sandbox, tx, rx).await,
     }
-}
-
-/// A pool worker if the pool takes the job, else a spawned yt-dlp. A cached info JSON is
-/// fed through a fresh pipe for each attempt.
-async fn start(
-    shared: &Shared,
-    args: Vec<std::ffi::OsString>,
-    meta: bool,
-    cached: Option<&bytes::Bytes>,
-    place: Place<'_>,
-) -> Result<crate::proc::Proc, Error> {
-    if let Some(pool) = &shared.pool
-        && let Some(proc) = pool.run(&args, meta, info_pipe(cached)?, place).await
-    {
-        return proc;
-    }
-    shared.ytdlp.spawn(args, meta, info_pipe(cached)?, place)
-}
-
-/// A pipe whose read end yt-dlp gets as fd 4; a task writes the JSON and closes it.
-fn info_pipe(json: Option<&bytes::Bytes>) -> Result<Option<std::os::fd::OwnedFd>, Error> {
-    let Some(json) = json.cloned() else {
-        return Ok(None);
-    };
-    let (rx, tx) = crate::proc::pipe()?;
-    let tx = tokio::net::unix::pipe::Sender::from_owned_fd(tx).map_err(Error::Spawn)?;
-    tokio::spawn(async move {
-        use tokio::io::AsyncWriteExt;
-        let mut tx = tx;
-        let _ = tokio::time::timeout(Duration::from_secs(60), tx.write_all(&json)).await;
-    });
-    Ok(Some(rx))
 }
 
 /// Input yt-dlp must never see: the gateway's URL and format rules, applied again (a URL

@@ -71,6 +71,31 @@ pub fn sniff(head: &[u8], audio_only: bool) -> Sniffed {
     s("bin", "application/octet-stream")
 }
 
+/// The container a single file's extension names, for answers that carry no first bytes
+/// (a HEAD, a range from the middle): such a file is sent exactly as stored.
+pub fn by_ext(ext: &str, audio_only: bool) -> Sniffed {
+    match (ext, audio_only) {
+        ("mp4", false) => s("mp4", "video/mp4"),
+        ("mp4", true) | ("m4a", _) => s("m4a", "audio/mp4"),
+        ("webm", false) => s("webm", "video/webm"),
+        ("webm", true) => s("webm", "audio/webm"),
+        ("mkv", _) => s("mkv", "video/x-matroska"),
+        ("mka", _) => s("mka", "audio/x-matroska"),
+        ("ogg" | "oga", _) => s("ogg", "audio/ogg"),
+        ("opus", _) => s("opus", "audio/ogg"),
+        ("ogv", _) => s("ogv", "video/ogg"),
+        ("flac", _) => s("flac", "audio/flac"),
+        ("wav", _) => s("wav", "audio/wav"),
+        ("mp3", _) => s("mp3", "audio/mpeg"),
+        ("aac", _) => s("aac", "audio/aac"),
+        ("ts", _) => s("ts", "video/mp2t"),
+        ("mov", _) => s("mov", "video/quicktime"),
+        ("flv", _) => s("flv", "video/x-flv"),
+        ("avi", _) => s("avi", "video/x-msvideo"),
+        _ => s("bin", "application/octet-stream"),
+    }
+}
+
 /// MP4 family: video if any track handler is `vide`, audio if only `soun`.
 fn mp4(head: &[u8], audio_only: bool) -> Sniffed {
     let brand = head.get(8..12).unwrap_or_default();

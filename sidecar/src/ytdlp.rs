@@ -168,6 +168,29 @@ impl YtDlp {
         args
     }
 
+    /// `yt-dlp … -J -f FORMAT -- URL`: the info with the selector's choice, nothing
+    /// downloaded; with `cached`, the info JSON comes from fd 4 (no network at all).
+    pub fn extract_args(
+        &self,
+        url: &str,
+        format: &str,
+        cached: bool,
+        job: &JobArgs,
+    ) -> Vec<OsString> {
+        let mut args = self.base_args(job);
+        for arg in ["-J", "-f", format] {
+            args.push(arg.into());
+        }
+        if cached {
+            args.push("--load-info-json".into());
+            args.push(format!("/dev/fd/{INFO_FD}").into());
+        } else {
+            args.push("--".into());
+            args.push(url.into());
+        }
+        args
+    }
+
     /// `yt-dlp … -J -- URL`: info only, nothing downloaded.
     pub fn resolve_args(&self, url: &str, job: &JobArgs) -> Vec<OsString> {
         let mut args = self.base_args(job);

@@ -93,6 +93,8 @@ async fn a_killed_forkserver_is_restarted_and_jobs_keep_working() {
         sc.logs()
     );
     let before = pooled_jobs(&sc);
+    // Another URL: the first one's selection is cached and would need no worker at all.
+    let url = server.url("progressive.mp4?after-restart");
     let t = Client::stream(sc.socket(), &url, "b").await;
     t.assert_complete(&sc.logs(), "mp4", "video/mp4");
     assert_eq!(
@@ -195,9 +197,10 @@ async fn fragment_protocols_are_refused(pool: bool) {
     let _ = resolve_as(&sc, "tests", &server.url("ism/manifest.ism")).await;
     let t = Client::stream(sc.socket(), &server.url("ism/manifest.ism"), "video-4000").await;
     assert_eq!(t.error_code(), "format_unavailable", "{t:?}");
+    // Each job had a directory of its own; nothing was ever written into one.
     let touched = watch.touched();
     assert!(
-        touched.is_empty(),
+        touched.iter().all(|t| t.starts_with("job-") && !t.contains('/')),
         "the work dir was written to: {touched:?}"
     );
 }

@@ -1,0 +1,185 @@
+//! Extraction: a yt-dlp process (a warm pool worker) that prints the info JSON (`-J`) and
+//! exits — for a resolve, everything the URL offers; for a stream, the format chosen by the
+//! selector too (`-J -f FORMAT`), typed here as [`Selection`] so that the sidecar can move
+//! the bytes itself and no Python process lives for the length of a stream.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use streamgate_protocol::{ErrorCode, JobError};
+use tokio::io::AsyncReadExt;
+
+use crate::classify::classify;
+use crate::job::{Peer, peer_event};
+use crate::proc::Proc;
+use crate::sandbox::Sandbox;
+use crate::server::{Rx, Shared};
+
+/// `-J` of a big site can be several MB; more than this is refused rather than buffered.
+const MAX_INFO_JSON: u64 = 32 * 1024 * 1024;
+
+/// Why an extraction gave no JSON.
+pub(crate) enum Stopped {
+    /// Tell the client this.
+    Failed(JobError),
+    /// The client cancelled, left or broke the protocol.
+    Peer(Peer),
+}
+
+/// The cache key of a stream's extraction: the URL and the selector (a canonical URL has
+/// no newline).
+pub(crate) fn key(url: &str, format: &str) -> String {
+    format!("{url}\n{format}")
+}
+
+/// Reads a `-J` process's JSON to the end (bounded in size and time) and waits for its exit.
+pub(crate) async fn read_json(
+    shared: &Shared,
+    mut proc: Proc,
+    sandbox: &Sandbox,
+    rx: &mut Rx,
+) -> Result<Vec<u8>, Stopped> {
+    let internal = |m: String| Stopped::Failed(JobError::new(ErrorCode::Internal, m));
+    let Some(stdout) = proc.stdout.take() else {
+        proc.kill().await;
+        return Err(internal("yt-dlp has no stdout".into()));
+    };
+    let mut json = Vec::new();
+    let mut limited = stdout.take(MAX_INFO_JSON + 1);
+    let timeout = shared.config.stall_timeout;
+    let read = tokio::select! {
+        biased;
+        ev = peer_event(rx) => {
+            proc.kill().await;
+            return Err(Stopped::Peer(ev));
+        }
+        _ = shared.kill_jobs.cancelled() => {
+            proc.kill().await;
+            return Err(internal("the sidecar is shutting down".into()));
+        }
+        r = tokio::time::timeout(timeout, limited.read_to_end(&mut json)) => r,
+    };
+    let failed = match read {
+        Err(_) => Some(JobError::new(
+            ErrorCode::Timeout,
+            format!("extraction took over {} s", timeout.as_secs_f64()),
+        )),
+        Ok(Ok(n)) if n as u64 > MAX_INFO_JSON => Some(JobError::new(
+            ErrorCode::Internal,
+            "yt-dlp's info JSON is too large",
+        )),
+        Ok(Err(e)) => Some(JobError::new(
+            ErrorCode::Internal,
+            format!("reading yt-dlp: {e}"),
+        )),
+        Ok(Ok(_)) => None,
+    };
+    if let Some(e) = failed {
+        proc.kill().await;
+        return Err(Stopped::Failed(e));
+    }
+    let stderr = proc.stderr.clone();
+    let status = proc.wait(Duration::from_secs(10)).await;
+    stderr.catch_up();
+    if !status.is_some_and(|s| s.success()) {
+        return Err(Stopped::Failed(
+            sandbox.explain(classify(&stderr.text(), status)),
+        ));
+    }
+    Ok(json)
+}
+
+/// One format as yt-dlp describes it: what fetching it takes.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct Format {
+    pub url: Option<String>,
+    pub protocol: Option<String>,
+    pub ext: Option<String>,
+    pub vcodec: Option<String>,
+    #[serde(default)]
+    pub http_headers: BTreeMap<String, String>,
+    /// `name=value; Domain=…` per cookie, for this format's URL.
+    pub cookies: Option<String>,
+    pub filesize: Option<u64>,
+    #[serde(default)]
+    pub downloader_options: DownloaderOptions,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct DownloaderOptions {
+    pub http_chunk_size: Option<u64>,
+}
+
+/// The `-J -f` output: the media's facts and the chosen format(s).
+#[derive(Debug, Deserialize)]
+struct Raw {
+    title: Option<String>,
+    #[serde(flatten)]
+    chosen: Format,
+    #[serde(default)]
+    requested_formats: Vec<Format>,
+    /// A page with several videos: `--playlist-items 1` keeps the first.
+    #[serde(default)]
+    entries: Vec<Raw>,
+}
+
+/// What a stream's extraction chose.
+#[derive(Debug)]
+pub(crate) struct Selection {
+    pub title: Option<String>,
+    pub formats: Vec<Format>,
+}
+
+impl Selection {
+    pub fn parse(json: &[u8]) -> Result<Selection, String> {
+        let mut raw: Raw = serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        while !raw.entries.is_empty() {
+            raw = raw.entries.swap_remove(0);
+        }
+        let formats = match raw.requested_formats.is_empty() {
+            true => vec![raw.chosen],
+            false => raw.requested_formats,
+        };
+        Ok(Selection {
+            title: raw.title,
+            formats,
+        })
+    }
+
+    /// The one format the sidecar fetches itself: a single file over http(s).
+    pub fn single_http(&self) -> Option<&Format> {
+        match self.formats.as_slice() {
+            [f] if matches!(f.protocol.as_deref(), Some("http" | "https")) && f.url.is_some() => {
+                Some(f)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_and_merged_selections() {
+        let single = br#"{"title":"T","url":"http://a/v.mp4","protocol":"http","ext":"mp4",
+            "http_headers":{"User-Agent":"x"},"downloader_options":{"http_chunk_size":1048576},
+            "formats":[{"format_id":"0"}]}"#;
+        let s = Selection::parse(single).unwrap();
+        let f = s.single_http().unwrap();
+        assert_eq!(f.url.as_deref(), Some("http://a/v.mp4"));
+        assert_eq!(f.downloader_options.http_chunk_size, Some(1 << 20));
+        assert_eq!(f.http_headers["User-Agent"], "x");
+        let merged = br#"{"title":"T","format_id":"v+a","requested_formats":[
+            {"url":"http://a/v","protocol":"https"},{"url":"http://a/a","protocol":"https"}]}"#;
+        let s = Selection::parse(merged).unwrap();
+        assert_eq!(s.formats.len(), 2);
+        assert!(s.single_http().is_none());
+        let hls = br#"{"url":"http://a/i.m3u8","protocol":"m3u8_native"}"#;
+        assert!(Selection::parse(hls).unwrap().single_http().is_none());
+        let page = br#"{"_type":"playlist","entries":[{"title":"E","url":"http://a/1.mp4","protocol":"http"}]}"#;
+        assert_eq!(Selection::parse(page).unwrap().title.as_deref(), Some("E"));
+    }
+}

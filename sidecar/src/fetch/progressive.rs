@@ -1,0 +1,317 @@
+//! A single-file format fetched with ranges: in chunks when the format asks for them
+//! (`http_chunk_size`: yt-dlp sets 10 MiB for YouTube, whose servers throttle longer
+//! requests, as Invidious and cobalt know), else in one open-ended request. Either way a
+//! dropped or stalled connection resumes at the byte offset instead of starting over, and
+//! the exact size comes from `Content-Range`.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::Stream;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header;
+use hyper::{Method, StatusCode};
+use streamgate_protocol::ByteRange;
+use url::Url;
+
+use super::{FetchError, Fetcher, Response};
+
+/// Attempts to resume after a failure, per stream.
+const RETRIES: u32 = 5;
+
+/// What an opened fetch knows before its first byte.
+pub struct Opened {
+    /// Total size of the file, when the origin said.
+    pub size: Option<u64>,
+    /// The inclusive span being fetched, when a range was asked for and honoured.
+    pub span: Option<(u64, u64)>,
+}
+
+/// A single file at `url`.
+pub struct Progressive {
+    fetcher: Fetcher,
+    url: Url,
+    /// Bytes per request, when the format asks for chunks.
+    chunk: Option<u64>,
+    stall: Duration,
+}
+
+impl Progressive {
+    pub fn new(fetcher: Fetcher, url: Url, chunk: Option<u64>, stall: Duration) -> Progressive {
+        Progressive {
+            fetcher,
+            url,
+            chunk: chunk.filter(|c| *c > 0),
+            stall,
+        }
+    }
+
+    /// The size by `HEAD`, no media requested.
+    pub async fn size(&self) -> Result<Option<u64>, FetchError> {
+        let resp = self.fetcher.request(Method::HEAD, &self.url, None).await?;
+        if !resp.status.is_success() {
+            return Err(FetchError::Status(resp.status));
+        }
+        Ok(content_length(&resp))
+    }
+
+    /// Starts fetching `range` (whole file without one); the first request's answer says
+    /// the size and whether the range is honoured.
+    pub async fn open(
+        self,
+        range: Option<ByteRange>,
+    ) -> Result<(Opened, impl Stream<Item = Result<Bytes, FetchError>>), FetchError> {
+        let first = |size: Option<u64>| match (range, size) {
+            (None, _) => self.span(0, None, size),
+            (Some(ByteRange::From { start, end }), _) => self.span(start, end, size),
+            (Some(ByteRange::Suffix { len }), None) => format!("bytes=-{len}"),
+            (Some(ByteRange::Suffix { len }), Some(s)) => {
+                self.span(s.saturating_sub(len), None, size)
+            }
+        };
+        let mut resp = self
+            .fetcher
+            .request(Method::GET, &self.url, Some(&first(None)))
+            .await?;
+        // Some servers refuse a range reaching past the end instead of clipping it (RFC 9110
+        // says clip): ask again within the size they gave, when the range overlaps it.
+        if resp.status == StatusCode::RANGE_NOT_SATISFIABLE
+            && let Some(size) = unsatisfied_size(&resp)
+            && range.map_or(size > 0, |r| r.resolve(size).is_some())
+        {
+            let again = first(Some(size));
+            resp = self
+                .fetcher
+                .request(Method::GET, &self.url, Some(&again))
+                .await?;
+        }
+        let (opened, next, end) = match resp.status {
+            StatusCode::PARTIAL_CONTENT => {
+                let (start, stop, size) = content_range(&resp)
+                    .ok_or_else(|| FetchError::Http("206 without a usable Content-Range".into()))?;
+                // The span the client asked for, clipped to the file.
+                let wanted_end = match (range, size) {
+                    (Some(ByteRange::From { end: Some(e), .. }), Some(s)) => e.min(s - 1),
+                    (Some(ByteRange::From { end: Some(e), .. }), None) => e,
+                    (Some(ByteRange::Suffix { .. }), _) => stop,
+                    (_, Some(s)) => s - 1,
+                    (_, None) => u64::MAX,
+                };
+                let span = range.map(|_| (start, wanted_end));
+                (Opened { size, span }, start, wanted_end)
+            }
+            StatusCode::OK => {
+                // No ranges here: the whole file, in one response.
+                let size = content_length(&resp);
+                (
+                    Opened { size, span: None },
+                    0,
+                    size.map_or(u64::MAX, |s| s.saturating_sub(1)),
+                )
+            }
+            StatusCode::RANGE_NOT_SATISFIABLE => {
+                let size = unsatisfied_size(&resp);
+                return Err(FetchError::Unsatisfiable { size });
+            }
+            status => return Err(FetchError::Status(status)),
+        };
+        let whole_body = resp.status == StatusCode::OK;
+        let state = State {
+            source: self,
+            next,
+            end,
+            body: Some(resp),
+            whole_body,
+            retries: 0,
+        };
+        Ok((opened, futures::stream::unfold(state, State::step)))
+    }
+}
+
+impl Progressive {
+    /// `bytes=START-STOP` for at most one chunk from `start`, within `end` and the size;
+    /// open-ended (`bytes=START-`) when nothing bounds it.
+    fn span(&self, start: u64, end: Option<u64>, size: Option<u64>) -> String {
+        let last = size.map(|s| s.saturating_sub(1));
+        let chunk_end = self.chunk.map(|c| start.saturating_add(c - 1));
+        let stop = [end, last, chunk_end].into_iter().flatten().min();
+        match stop {
+            Some(stop) => format!("bytes={start}-{stop}"),
+            None => format!("bytes={start}-"),
+        }
+    }
+}
+
+/// The size in a 416's `Content-Range: bytes */SIZE`.
+fn unsatisfied_size(resp: &Response) -> Option<u64> {
+    let value = resp.headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    value.strip_prefix("bytes */")?.trim().parse().ok()
+}
+
+struct State {
+    source: Progressive,
+    /// Offset of the next byte to yield.
+    next: u64,
+    /// Last byte wanted (inclusive; `u64::MAX` when the size is unknown).
+    end: u64,
+    body: Option<Response>,
+    /// The origin ignored ranges: nothing can be resumed.
+    whole_body: bool,
+    retries: u32,
+}
+
+impl State {
+    async fn step(mut self) -> Option<(Result<Bytes, FetchError>, State)> {
+        loop {
+            if self.next > self.end {
+                return None;
+            }
+            let Some(resp) = self.body.as_mut() else {
+                match self.request_next().await {
+                    Ok(resp) => self.body = Some(resp),
+                    Err(e) => return self.failed(e),
+                }
+                continue;
+            };
+            match tokio::time::timeout(self.source.stall, frame(&mut resp.body)).await {
+                Ok(Some(Ok(data))) if !data.is_empty() => {
+                    let room = self.end - self.next + 1;
+                    let data = if (data.len() as u64) > room {
+                        data.slice(..room as usize)
+                    } else {
+                        data
+                    };
+                    self.next += data.len() as u64;
+                    self.retries = 0;
+                    return Some((Ok(data), self));
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(None) => {
+                    self.body = None;
+                    if self.whole_body || self.end == u64::MAX {
+                        return None; // the origin's body is the whole file
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::debug!(offset = self.next, "upstream broke: {e}");
+                    self.body = None;
+                    if self.give_up().await {
+                        return self.failed(FetchError::Http(e));
+                    }
+                }
+                Err(_) => {
+                    tracing::debug!(offset = self.next, "upstream stalled");
+                    self.body = None;
+                    if self.give_up().await {
+                        let stall = self.source.stall;
+                        return self.failed(FetchError::Stalled(stall));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts a failure: true when retries are spent (or nothing can be resumed), else
+    /// waits a little before the caller resumes at `next`.
+    async fn give_up(&mut self) -> bool {
+        self.retries += 1;
+        if self.whole_body || self.retries > RETRIES {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200 * u64::from(self.retries))).await;
+        false
+    }
+
+    fn failed(mut self, e: FetchError) -> Option<(Result<Bytes, FetchError>, State)> {
+        self.next = u64::MAX; // ends the stream after this error
+        self.end = 0;
+        Some((Err(e), self))
+    }
+
+    /// The next chunk from `next`, checked to start exactly there.
+    async fn request_next(&mut self) -> Result<Response, FetchError> {
+        loop {
+            let end = (self.end != u64::MAX).then_some(self.end);
+            let range = self.source.span(self.next, end, None);
+            let attempt = self
+                .source
+                .fetcher
+                .request(Method::GET, &self.source.url, Some(&range))
+                .await;
+            let failure = match attempt {
+                Ok(resp) if resp.status == StatusCode::PARTIAL_CONTENT => {
+                    match content_range(&resp) {
+                        Some((start, _, _)) if start == self.next => return Ok(resp),
+                        _ => FetchError::Http("resumed at the wrong offset".into()),
+                    }
+                }
+                Ok(resp) => FetchError::Status(resp.status),
+                Err(e) => e,
+            };
+            if matches!(failure, FetchError::Egress(_) | FetchError::Status(_)) {
+                return Err(failure);
+            }
+            self.retries += 1;
+            if self.retries > RETRIES {
+                return Err(failure);
+            }
+            tokio::time::sleep(Duration::from_millis(200 * u64::from(self.retries))).await;
+        }
+    }
+}
+
+/// The next data frame of a body (trailers skipped).
+async fn frame(body: &mut Incoming) -> Option<Result<Bytes, String>> {
+    loop {
+        match body.frame().await? {
+            Ok(frame) => match frame.into_data() {
+                Ok(data) => return Some(Ok(data)),
+                Err(_) => continue,
+            },
+            Err(e) => return Some(Err(e.to_string())),
+        }
+    }
+}
+
+fn content_length(resp: &Response) -> Option<u64> {
+    resp.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// `Content-Range: bytes START-END/SIZE` (SIZE may be `*`).
+fn content_range(resp: &Response) -> Option<(u64, u64, Option<u64>)> {
+    let value = resp.headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+    parse_content_range(value)
+}
+
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let (span, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+    let size = match size {
+        "*" => None,
+        s => Some(s.parse().ok()?),
+    };
+    (start <= end && size.is_none_or(|s| end < s)).then_some((start, end, size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_content_range;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 0-99/1000"),
+            Some((0, 99, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
+        assert_eq!(parse_content_range("bytes 9-5/100"), None);
+        assert_eq!(parse_content_range("bytes 0-100/100"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! A stream job: extraction (a warm pool worker, or nothing at all when the selection is
+//! cached), then the sidecar's own fetcher for a single http(s) file, or yt-dlp's
+//! downloaders for everything else — fed the extraction, so the page is not fetched twice.
+
+use std::time::Instant;
+
+use streamgate_protocol::{ErrorCode, JobError};
+use tracing::{debug, info};
+
+use crate::extract::{self, Selection, Stopped};
+use crate::fetch::FetchError;
+use crate::job::{self, Outcome, fail, peer_ended};
+use crate::launch;
+use crate::native::{self, Want};
+use crate::sandbox::Sandbox;
+use crate::server::{Rx, Shared, Tx};
+use crate::ytdlp::{JobArgs, Place};
+
+/// One stream request.
+pub(crate) struct Spec<'a> {
+    pub tenant: Option<&'a str>,
+    pub url: &'a str,
+    pub format: &'a str,
+    pub want: Want,
+    /// When the job frame arrived (debug timings).
+    pub started: Instant,
+}
+
+pub(crate) async fn run(
+    shared: &Shared,
+    spec: Spec<'_>,
+    sandbox: &Sandbox,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Outcome {
+    let key = extract::key(spec.url, spec.format);
+    let mut retried = false;
+    loop {
+        let cached = match retried {
+            false => shared.cache.get(spec.tenant, &key),
+            true => None,
+        };
+        let from_cache = cached.is_some();
+        let json = match cached {
+            Some(json) => json,
+            None => match extraction(shared, &spec, sandbox, rx).await {
+                Ok(json) => bytes::Bytes::from(json),
+                Err(Stopped::Failed(e)) => return fail(tx, e, 0).await,
+                Err(Stopped::Peer(ev)) => return peer_ended(ev, 0, tx).await,
+            },
+        };
+        debug!(ms = job::ms(spec.started), from_cache, "extracted");
+        let selection = match Selection::parse(&json) {
+            Ok(s) => s,
+            Err(e) => {
+                let e = JobError::new(ErrorCode::Internal, format!("yt-dlp's info JSON: {e}"));
+                return fail(tx, e, 0).await;
+            }
+        };
+        if !from_cache {
+            shared.cache.put(spec.tenant, &key, json.clone());
+        }
+        let Some(format) = selection.single_http() else {
+            return with_ytdlp(shared, &spec, &json, sandbox, tx, rx).await;
+        };
+        match native::run(shared, sandbox, &selection, format, spec.want, tx, rx).await {
+            Ok(outcome) => return outcome,
+            Err(FetchError::Status(s)) if from_cache && matches!(s.as_u16(), 403 | 410) => {
+                info!(status = %s, "a cached media URL stopped working: extracting again");
+                shared.cache.remove(spec.tenant, &key);
+                retried = true;
+            }
+            Err(e) => return fail(tx, sandbox.explain(native::job_error(&e)), 0).await,
+        }
+    }
+}
+
+/// `yt-dlp -J -f FORMAT`, from a resolve's cached info when there is one.
+async fn extraction(
+    shared: &Shared,
+    spec: &Spec<'_>,
+    sandbox: &Sandbox,
+    rx: &mut Rx,
+) -> Result<Vec<u8>, Stopped> {
+    let info = shared.cache.get(spec.tenant, spec.url);
+    if let Some(json) = &info {
+        debug!(
+            bytes = json.len(),
+            "extraction cache hit: no network for the extraction"
+        );
+    }
+    let job = JobArgs {
+        proxy: sandbox.proxy_url(),
+    };
+    let args = shared
+        .ytdlp
+        .extract_args(spec.url, spec.format, info.is_some(), &job);
+    let place = Place {
+        dir: sandbox.dir(),
+        ns: sandbox.ns(),
+    };
+    let proc = launch::start(
+        shared.pool.as_deref(),
+        &shared.ytdlp,
+        args,
+        false,
+        info.as_ref(),
+        place,
+    )
+    .await
+    .map_err(|e| Stopped::Failed(JobError::new(ErrorCode::Internal, e.to_string())))?;
+    extract::read_json(shared, proc, sandbox, rx).await
+}
+
+/// Formats the sidecar does not fetch itself (merges, HLS, DASH, …): yt-dlp's downloaders,
+/// on the extraction's JSON. Sent whole: such a stream cannot be cut at a byte offset.
+async fn with_ytdlp(
+    shared: &Shared,
+    spec: &Spec<'_>,
+    json: &bytes::Bytes,
+    sandbox: &Sandbox,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Outcome {
+    let job = JobArgs {
+        proxy: sandbox.proxy_url(),
+    };
+    let args = shared.ytdlp.stream_args(spec.url, spec.format, true, &job);
+    let place = Place {
+        dir: sandbox.dir(),
+        ns: sandbox.ns(),
+    };
+    let proc = match launch::start(
+        shared.pool.as_deref(),
+        &shared.ytdlp,
+        args,
+        true,
+        Some(json),
+        place,
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::error!("{e}");
+            return fail(tx, JobError::new(ErrorCode::Internal, e.to_string()), 0).await;
+        }
+    };
+    tracing::Span::current().record("pgid", proc.pgid());
+    debug!(
+        ms = job::ms(spec.started),
+        pooled = proc.pooled(),
+        "yt-dlp download started"
+    );
+    job::run(shared, proc, spec.started, sandbox, spec.want, tx, rx).await
+}
