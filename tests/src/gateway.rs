@@ -305,7 +305,6 @@ pub fn curl(args: &[&str], url: &str) -> CurlResult {
 }
 
 /// What `curl` saw.
-#[derive(Debug)]
 pub struct CurlResult {
     /// curl's exit code (0: complete transfer; 18: partial file; 56: receive error).
     pub exit: i32,
@@ -317,6 +316,23 @@ pub struct CurlResult {
     pub body: Vec<u8>,
     /// curl's error message, if any.
     pub stderr: String,
+}
+
+/// Everything but a media body, which shows as its length: assertion messages stay readable.
+impl std::fmt::Debug for CurlResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let body = match std::str::from_utf8(&self.body) {
+            Ok(text) if text.len() <= 2048 => text.to_owned(),
+            _ => format!("<{} bytes>", self.body.len()),
+        };
+        f.debug_struct("CurlResult")
+            .field("exit", &self.exit)
+            .field("status", &self.status)
+            .field("headers", &self.headers)
+            .field("body", &body)
+            .field("stderr", &self.stderr)
+            .finish()
+    }
 }
 
 impl CurlResult {

@@ -22,7 +22,8 @@ pub const STALL_AFTER: usize = 1024 * 1024;
 /// A running server; stops on drop.
 pub struct FixtureServer {
     addr: SocketAddr,
-    hits: Arc<Mutex<HashMap<String, usize>>>,
+    /// Requests answered, by (method, path).
+    hits: Arc<Mutex<HashMap<(String, String), usize>>>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -105,7 +106,8 @@ impl FixtureServer {
                     .map(move |name: String| stall_reply(&stall_dir, &name));
                 let count = warp::log::custom(move |info: warp::log::Info<'_>| {
                     let mut hits = counter.lock().unwrap_or_else(|e| e.into_inner());
-                    *hits.entry(info.path().to_owned()).or_insert(0) += 1;
+                    let key = (info.method().to_string(), info.path().to_owned());
+                    *hits.entry(key).or_insert(0) += 1;
                 });
                 let pages = Arc::new(pages);
                 let generated = warp::path::full().and_then(move |path: warp::path::FullPath| {
@@ -146,7 +148,17 @@ impl FixtureServer {
     /// Requests answered so far for `path` (e.g. `/progressive.mp4`), any method or status.
     pub fn hits(&self, path: &str) -> usize {
         let hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
-        hits.get(path).copied().unwrap_or(0)
+        hits.iter()
+            .filter(|((_, p), _)| p == path)
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    /// Requests answered so far for `path` with `method` (`GET`, `HEAD`), any status.
+    pub fn method_hits(&self, method: &str, path: &str) -> usize {
+        let hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (method.to_owned(), path.to_owned());
+        hits.get(&key).copied().unwrap_or(0)
     }
 
     /// Requests answered so far, any path, method or status.
@@ -155,10 +167,13 @@ impl FixtureServer {
         hits.values().sum()
     }
 
-    /// Every path requested so far with its count, sorted (for assertion messages).
+    /// Every `METHOD path` requested so far with its count, sorted (for assertion messages).
     pub fn all_hits(&self) -> Vec<(String, usize)> {
         let hits = self.hits.lock().unwrap_or_else(|e| e.into_inner());
-        let mut all: Vec<_> = hits.iter().map(|(k, v)| (k.clone(), *v)).collect();
+        let mut all: Vec<_> = hits
+            .iter()
+            .map(|((m, p), n)| (format!("{m} {p}"), *n))
+            .collect();
         all.sort();
         all
     }
