@@ -56,14 +56,25 @@ pub struct Config {
     /// (its cwd, HOME, TMPDIR, caches; removed after the job). `None`: a fresh one is made
     /// under the system temp dir and removed on exit.
     pub work_dir: Option<PathBuf>,
-    /// Refuse to start unless jobs can run in network namespaces of their own.
-    pub require_netns: bool,
+    /// Whether jobs run in network namespaces of their own.
+    pub netns: Netns,
     /// Names of environment variables passed through to yt-dlp (e.g. `HTTPS_PROXY`).
     pub pass_env: Vec<String>,
     /// Idle pre-forked workers of the warm pool; 0 disables the pool (every job spawns).
     pub pool_idle: usize,
     /// The extraction cache's bounds (ttl zero: no cache).
     pub cache: CacheLimits,
+}
+
+/// Whether jobs run in network namespaces of their own (`EgressMode::Netns`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Netns {
+    /// When the kernel allows it; proxy mode otherwise (logged).
+    Auto,
+    /// Refuse to start without it (`--require-netns`).
+    Require,
+    /// Never (`--no-netns`): proxy mode, e.g. where namespaces are managed elsewhere.
+    Off,
 }
 
 /// Every way the sidecar itself (not a job) can fail.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use streamgate_sidecar::{CacheLimits, Config, Server, default_yt_dlp};
+use streamgate_sidecar::{CacheLimits, Config, Netns, Server, default_yt_dlp};
 
 /// Runs yt-dlp jobs for the gateway over a Unix socket (docs/protocol.md).
 #[derive(Parser, Debug)]
@@ -66,8 +66,12 @@ struct Args {
     /// Refuse to start unless every job can run in a network namespace of its own (root, or
     /// a kernel allowing unprivileged user namespaces); otherwise a job that ignores its
     /// proxy setting is not stopped.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_netns")]
     require_netns: bool,
+    /// Never run jobs in network namespaces of their own (proxy mode: a job that ignores
+    /// its proxy setting is not stopped). For hosts that confine the sidecar otherwise.
+    #[arg(long)]
+    no_netns: bool,
 }
 
 fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
@@ -79,9 +83,10 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before any thread exists: a user namespace can only be entered single-threaded.
     // (Not with --socket-group: that group would not be mapped into the namespace.)
-    let userns = match args.socket_group {
-        None => streamgate_sidecar::enter_user_namespace(),
-        Some(_) => Err(std::io::Error::other("--socket-group is set")),
+    let userns = match (&args.socket_group, args.no_netns) {
+        (None, false) => streamgate_sidecar::enter_user_namespace(),
+        (Some(_), _) => Err(std::io::Error::other("--socket-group is set")),
+        (_, true) => Err(std::io::Error::other("--no-netns")),
     };
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
@@ -114,7 +119,11 @@ async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
         yt_dlp: args.yt_dlp.unwrap_or_else(default_yt_dlp),
         ffmpeg: args.ffmpeg,
         work_dir: args.work_dir,
-        require_netns: args.require_netns,
+        netns: match (args.require_netns, args.no_netns) {
+            (true, _) => Netns::Require,
+            (_, true) => Netns::Off,
+            _ => Netns::Auto,
+        },
         pass_env: args.pass_env,
         pool_idle: if args.no_pool {
             0

@@ -25,7 +25,7 @@ use crate::native::Want;
 use crate::pool::Pool;
 use crate::sandbox::Sandbox;
 use crate::ytdlp::{JobArgs, Place, YtDlp};
-use crate::{Cache, Config, Error, launch, resolve, stream};
+use crate::{Cache, Config, Error, Netns, launch, resolve, stream};
 
 /// Sending half of a client connection.
 pub(crate) type Tx = SplitSink<Connection<UnixStream>, Frame>;
@@ -132,9 +132,13 @@ impl Server {
     /// Checks yt-dlp, prepares the work dir, becomes a child subreaper and binds the socket.
     pub async fn start(config: Config) -> Result<Server, Error> {
         let (work_dir, own) = prepare_work_dir(&config)?;
-        let egress = match netns::probe() {
+        let probed = match config.netns {
+            Netns::Off => Err(std::io::Error::other("--no-netns")),
+            Netns::Auto | Netns::Require => netns::probe(),
+        };
+        let egress = match probed {
             Ok(mode) => mode,
-            Err(e) if config.require_netns => return Err(Error::Netns(e)),
+            Err(e) if config.netns == Netns::Require => return Err(Error::Netns(e)),
             Err(e) => {
                 warn!(
                     "no network namespace for jobs ({e}): a job that ignores its proxy is not stopped"
