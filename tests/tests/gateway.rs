@@ -542,3 +542,286 @@ async fn sigterm_drains_until_the_deadline_then_stops_everything() {
     assert!(wait_until(Duration::from_secs(2), || !pids.iter().any(|p| alive(*p))).await);
     eprintln!("SIGTERM → exit in {took:?}; curl {curl_status}; sidecar and jobs gone");
 }
+
+// ---- Range and HEAD (issue 10): single files are cut exactly, everything else comes whole ----
+
+/// The fixture's bytes, to compare a range with its slice.
+fn fixture_bytes(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join(name)).unwrap()
+}
+
+/// `sha256` of `file[start..=end]`: a body must be exactly that slice.
+fn slice_sha(file: &[u8], start: u64, end: u64) -> String {
+    sha256_hex(&file[start as usize..=end as usize])
+}
+
+/// A 206 of exactly `start..=end` of `file`: status, `Content-Range`, `Content-Length`, bytes.
+fn assert_partial(r: &CurlResult, file: &[u8], start: u64, end: u64, what: &str) {
+    let size = file.len();
+    assert_eq!((r.exit, r.status), (0, 206), "{what}: {r:?}");
+    let range = format!("bytes {start}-{end}/{size}");
+    assert_eq!(r.header("content-range"), Some(range.as_str()), "{what}");
+    let len = (end - start + 1).to_string();
+    assert_eq!(r.header("content-length"), Some(len.as_str()), "{what}");
+    assert_eq!(r.header("accept-ranges"), Some("bytes"), "{what}");
+    assert_eq!(sha256_hex(&r.body), slice_sha(file, start, end), "{what}");
+}
+
+/// The whole file with 200 and its exact length, whatever range was asked.
+fn assert_whole(r: &CurlResult, file: &[u8], what: &str) {
+    assert_eq!((r.exit, r.status), (0, 200), "{what}: {r:?}");
+    assert_eq!(r.header("content-range"), None, "{what}");
+    let len = file.len().to_string();
+    assert_eq!(r.header("content-length"), Some(len.as_str()), "{what}");
+    assert_eq!(sha256_hex(&r.body), sha256_hex(file), "{what}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ranges_of_a_single_file_are_cut_exactly() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let file = fixture_bytes("progressive.mp4");
+    let size = file.len() as u64;
+    let link = gw.stream_url(&gw.mint(&server().url("progressive.mp4"), "b"));
+    let run = |args: Vec<String>| {
+        let link = link.clone();
+        blocking(move || curl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &link))
+    };
+    let whole = run(vec![]).await;
+    assert_whole(&whole, &file, "no Range");
+    assert_eq!(whole.header("accept-ranges"), Some("bytes"), "{whole:?}");
+    assert_media_headers(&whole, "video/mp4", "mp4");
+
+    // (curl -r, the span it must get)
+    let cut = [
+        ("1000-1999".to_owned(), 1000, 1999),
+        ("0-0".to_owned(), 0, 0),
+        (format!("{}-", size - 12_345), size - 12_345, size - 1),
+        ("-500".to_owned(), size - 500, size - 1),
+        (
+            format!("{}-{}", size - 10, size + 1_000_000),
+            size - 10,
+            size - 1,
+        ),
+        // Ranges that cover the whole file are still a 206 (players ask `bytes=0-` first
+        // and seek only if that is one), even from an origin that answers them with 200.
+        ("0-".to_owned(), 0, size - 1),
+        (format!("-{}", size * 2), 0, size - 1),
+    ];
+    let runs = cut.iter().map(|(r, ..)| run(vec!["-r".into(), r.clone()]));
+    for ((range, start, end), r) in cut.iter().zip(join_all(runs).await) {
+        assert_partial(&r, &file, *start, *end, &format!("-r {range}"));
+        assert_media_headers(&r, "video/mp4", "mp4");
+    }
+
+    // Ignored: the whole file with 200 (RFC 9110 allows it for all of these).
+    let ignored = [
+        vec!["-r".to_owned(), "0-1,5-9".into()],
+        vec![
+            "-H".into(),
+            "Range: bytes=0-99".into(),
+            "-H".into(),
+            "If-Range: \"x\"".into(),
+        ],
+        vec!["-H".into(), "Range: items=0-99".into()],
+        vec!["-H".into(), "Range: bytes=99-0".into()],
+    ];
+    let runs = ignored.iter().map(|args| run(args.clone()));
+    for (args, r) in ignored.iter().zip(join_all(runs).await) {
+        assert_whole(&r, &file, &format!("{args:?}"));
+    }
+
+    // Unsatisfiable: 416 with the size, and no media.
+    for range in [format!("bytes={size}-"), "bytes=-0".to_owned()] {
+        let r = run(vec!["-H".into(), format!("Range: {range}")]).await;
+        assert_problem(&r, 416, "range_not_satisfiable", &range);
+        let star = format!("bytes */{size}");
+        assert_eq!(r.header("content-range"), Some(star.as_str()), "{range}");
+    }
+
+    let partial = "streamgate_media_responses_total{served_by=\"native\",response=\"partial\"}";
+    let served = metric_lines(&gw, partial).await;
+    let count = served
+        .first()
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    assert!(count >= Some(cut.len() as u64), "{served:?}");
+}
+
+/// `bytes=RANGE` through reqwest: a 206 whose bytes are `file[start..=end]`, read whole.
+async fn player_range(http: &reqwest::Client, link: &str, file: &[u8], start: u64, end: u64) {
+    let range = format!("bytes={start}-{end}");
+    let resp = http.get(link).header("range", &range).send().await.unwrap();
+    assert_eq!(resp.status(), 206, "{range}");
+    let want = format!("bytes {start}-{end}/{}", file.len());
+    assert_eq!(resp.headers()["content-range"], want.as_str());
+    let body = resp.bytes().await.unwrap();
+    assert_eq!(sha256_hex(&body), slice_sha(file, start, end), "{range}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_seeking_player_and_a_resumed_download_get_the_right_bytes() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let file = fixture_bytes("progressive.mp4");
+    let size = file.len() as u64;
+    let link = gw.stream_url(&gw.mint(&server().url("progressive.mp4"), "b"));
+
+    // A player: `bytes=0-`, dropped after a little (it seeks), the index at the end, then
+    // two windows fetched at once.
+    let http = reqwest::Client::new();
+    let first = http.get(&link).header("range", "bytes=0-").send().await;
+    let first = first.unwrap();
+    assert_eq!(first.status(), 206);
+    let whole = format!("bytes 0-{}/{size}", size - 1);
+    assert_eq!(first.headers()["content-range"], whole.as_str());
+    let mut body = first.bytes_stream();
+    let mut head = Vec::new();
+    while head.len() < 256 * 1024 {
+        head.extend_from_slice(&body.next().await.expect("more data").unwrap());
+    }
+    let read = head.len() as u64;
+    assert_eq!(
+        sha256_hex(&head),
+        slice_sha(&file, 0, read - 1),
+        "the first {read} bytes"
+    );
+    drop(body);
+    player_range(&http, &link, &file, size - 65_536, size - 1).await;
+    let (mid, late) = (size / 2, size * 3 / 4);
+    join_all([
+        player_range(&http, &link, &file, mid, mid + 1_048_575),
+        player_range(&http, &link, &file, late, late + 300_000),
+    ])
+    .await;
+
+    // A download cut midway (the client leaves after a mebibyte), then `curl -C -` on the
+    // partial file: a 206 from where the file ends, appended.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("resumed.mp4");
+    let mut partial_body = Vec::new();
+    let mut body = http.get(&link).send().await.unwrap().bytes_stream();
+    while partial_body.len() < 1 << 20 {
+        partial_body.extend_from_slice(&body.next().await.expect("more data").unwrap());
+    }
+    drop(body);
+    std::fs::write(&out, &partial_body).unwrap();
+    let partial = std::fs::metadata(&out).unwrap().len();
+    assert!(partial < size, "cut before the end: {partial} of {size}");
+    let (o, l) = (out.clone(), link.clone());
+    let head_file = dir.path().join("head");
+    let h = head_file.clone();
+    let resumed = blocking(move || {
+        std::process::Command::new("curl")
+            .args(["-sS", "-f", "-C", "-", "-D"])
+            .arg(&h)
+            .arg("-o")
+            .arg(&o)
+            .arg(&l)
+            .output()
+            .unwrap()
+    })
+    .await;
+    assert!(resumed.status.success(), "{resumed:?}\n{}", gw.logs());
+    let head = std::fs::read_to_string(&head_file)
+        .unwrap()
+        .to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 206"), "{head}");
+    let range = format!("content-range: bytes {partial}-{}/{size}", size - 1);
+    assert!(head.contains(&range), "{head}");
+    assert_eq!(
+        sha256_file(&out).unwrap(),
+        sha256_hex(&file),
+        "resumed after {partial} bytes"
+    );
+    eprintln!("resumed after {partial} of {size} bytes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn head_answers_the_exact_length_without_fetching_media() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let size = fixture_bytes("progressive.mp4").len().to_string();
+    // The media behind a page: the extraction reads the page, never the file.
+    let page = Page::new(
+        "/watch.html",
+        "text/html",
+        "<!doctype html><title>clip</title><video src=\"/progressive.mp4\"></video>\n",
+    );
+    let origin = FixtureServer::start_on(fixtures(), ([127, 0, 0, 1], 0).into(), vec![page]);
+    let link = gw.stream_url(&gw.mint(&origin.url("watch.html"), "b"));
+    let l = link.clone();
+    let head = blocking(move || curl(&["-I"], &l)).await;
+    assert_eq!(
+        (head.exit, head.status),
+        (0, 200),
+        "{head:?}\n{}",
+        gw.logs()
+    );
+    assert_eq!(
+        head.header("content-length"),
+        Some(size.as_str()),
+        "{head:?}"
+    );
+    assert_eq!(head.header("accept-ranges"), Some("bytes"));
+    assert_eq!(origin.hits("/watch.html"), 1, "{:?}", origin.all_hits());
+    assert_eq!(
+        origin.method_hits("GET", "/progressive.mp4"),
+        0,
+        "HEAD fetched media: {:?}",
+        origin.all_hits()
+    );
+    // HEAD says what GET then sends.
+    let get = blocking(move || curl(&[], &link)).await;
+    assert_eq!((get.exit, get.status), (0, 200), "{get:?}");
+    assert_eq!(
+        stable_headers(&head),
+        stable_headers(&get),
+        "HEAD = GET headers"
+    );
+    assert_eq!(get.body.len().to_string(), size);
+
+    // A direct link whose extraction is cached by a stream: HEAD asks the origin nothing more.
+    let direct = gw.stream_url(&gw.mint(&origin.url("audio-only.m4a"), "b"));
+    let d = direct.clone();
+    assert_eq!(blocking(move || curl(&[], &d)).await.status, 200);
+    let gets = origin.method_hits("GET", "/audio-only.m4a");
+    let head = blocking(move || curl(&["-I"], &direct)).await;
+    assert_eq!((head.exit, head.status), (0, 200), "{head:?}");
+    let size = fixture_bytes("audio-only.m4a").len().to_string();
+    assert_eq!(head.header("content-length"), Some(size.as_str()));
+    assert_eq!(
+        origin.method_hits("GET", "/audio-only.m4a"),
+        gets,
+        "no media GET"
+    );
+    let heads = metric_lines(&gw, "streamgate_media_responses_total").await;
+    assert!(
+        heads.iter().any(|l| l.contains("response=\"head\"")),
+        "{heads:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn merged_and_segmented_formats_answer_without_ranges() {
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    for (path, format) in [("dash/manifest.mpd", "bv+ba"), ("hls/index.m3u8", "b")] {
+        let what = format!("{path} -f {format}");
+        let link = gw.stream_url(&gw.mint(&server().url(path), format));
+        let l = link.clone();
+        let whole = blocking(move || curl(&[], &l)).await;
+        assert_eq!((whole.exit, whole.status), (0, 200), "{what}: {whole:?}");
+        assert_eq!(whole.header("accept-ranges"), Some("none"), "{what}");
+        let ranged = blocking(move || curl(&["-r", "1000-1999"], &link)).await;
+        assert_eq!((ranged.exit, ranged.status), (0, 200), "{what}: {ranged:?}");
+        assert_eq!(ranged.header("content-range"), None, "{what}");
+        assert_eq!(ranged.header("accept-ranges"), Some("none"), "{what}");
+        assert!(ranged.body.len() > 1_000_000, "{what}: the whole stream");
+        if format == "b" {
+            // HLS is byte-stable: the same whole stream with or without a Range.
+            assert_eq!(sha256_hex(&ranged.body), sha256_hex(&whole.body), "{what}");
+        } else {
+            let f = tempfile::NamedTempFile::new().unwrap();
+            std::fs::write(f.path(), &ranged.body).unwrap();
+            let mut streams = ffprobe_streams(f.path());
+            streams.sort();
+            assert_eq!(streams, ["audio", "video"], "{what}");
+        }
+    }
+}
