@@ -97,6 +97,8 @@ pub(crate) struct Format {
     pub protocol: Option<String>,
     pub ext: Option<String>,
     pub vcodec: Option<String>,
+    #[serde(flatten)]
+    pub hls: HlsInfo,
     #[serde(default)]
     pub http_headers: BTreeMap<String, String>,
     /// `name=value; Domain=…` per cookie, for this format's URL.
@@ -109,6 +111,42 @@ pub(crate) struct Format {
 #[derive(Clone, Debug, Default, Deserialize)]
 pub(crate) struct DownloaderOptions {
     pub http_chunk_size: Option<u64>,
+}
+
+/// Fields with which yt-dlp's HLS downloader does more than fetch the playlist's segments:
+/// a live stream, keys or query parameters from the extractor, a playlist from the page,
+/// one discontinuity of several, DRM. The sidecar leaves such formats to yt-dlp.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub(crate) struct HlsInfo {
+    is_live: Option<bool>,
+    has_drm: Option<serde_json::Value>,
+    format_index: Option<serde_json::Value>,
+    hls_aes: Option<serde_json::Value>,
+    hls_media_playlist_data: Option<serde_json::Value>,
+    extra_param_to_segment_url: Option<serde_json::Value>,
+    extra_param_to_key_url: Option<serde_json::Value>,
+}
+
+impl HlsInfo {
+    /// Why the sidecar's own HLS fetcher would not give yt-dlp's bytes, if it would not.
+    pub fn refusal(&self) -> Option<&'static str> {
+        let set = |v: &Option<serde_json::Value>| v.is_some();
+        if self.is_live == Some(true) {
+            Some("a live stream")
+        } else if !matches!(self.has_drm, None | Some(serde_json::Value::Bool(false))) {
+            Some("DRM")
+        } else if set(&self.format_index) {
+            Some("one discontinuity of the playlist")
+        } else if set(&self.hls_aes) || set(&self.extra_param_to_key_url) {
+            Some("a key from the extractor")
+        } else if set(&self.hls_media_playlist_data) {
+            Some("a playlist from the page")
+        } else if set(&self.extra_param_to_segment_url) {
+            Some("segment query parameters")
+        } else {
+            None
+        }
+    }
 }
 
 /// The `-J -f` output: the media's facts and the chosen format(s).
@@ -147,12 +185,12 @@ impl Selection {
         })
     }
 
-    /// The one format the sidecar fetches itself: a single file over http(s).
-    pub fn single_http(&self) -> Option<&Format> {
+    /// The one format the sidecar fetches itself: a single file over http(s), or an HLS
+    /// media playlist.
+    pub fn single_native(&self) -> Option<&Format> {
+        let native = |p: Option<&str>| matches!(p, Some("http" | "https" | "m3u8_native"));
         match self.formats.as_slice() {
-            [f] if matches!(f.protocol.as_deref(), Some("http" | "https")) && f.url.is_some() => {
-                Some(f)
-            }
+            [f] if native(f.protocol.as_deref()) && f.url.is_some() => Some(f),
             _ => None,
         }
     }
@@ -168,7 +206,7 @@ mod tests {
             "http_headers":{"User-Agent":"x"},"downloader_options":{"http_chunk_size":1048576},
             "formats":[{"format_id":"0"}]}"#;
         let s = Selection::parse(single).unwrap();
-        let f = s.single_http().unwrap();
+        let f = s.single_native().unwrap();
         assert_eq!(f.url.as_deref(), Some("http://a/v.mp4"));
         assert_eq!(f.downloader_options.http_chunk_size, Some(1 << 20));
         assert_eq!(f.http_headers["User-Agent"], "x");
@@ -176,10 +214,29 @@ mod tests {
             {"url":"http://a/v","protocol":"https"},{"url":"http://a/a","protocol":"https"}]}"#;
         let s = Selection::parse(merged).unwrap();
         assert_eq!(s.formats.len(), 2);
-        assert!(s.single_http().is_none());
-        let hls = br#"{"url":"http://a/i.m3u8","protocol":"m3u8_native"}"#;
-        assert!(Selection::parse(hls).unwrap().single_http().is_none());
+        assert!(s.single_native().is_none());
+        let dash = br#"{"url":"http://a/m.mpd","protocol":"http_dash_segments"}"#;
+        assert!(Selection::parse(dash).unwrap().single_native().is_none());
         let page = br#"{"_type":"playlist","entries":[{"title":"E","url":"http://a/1.mp4","protocol":"http"}]}"#;
         assert_eq!(Selection::parse(page).unwrap().title.as_deref(), Some("E"));
+    }
+
+    #[test]
+    fn hls_formats_yt_dlp_keeps() {
+        let hls = |extra: &str| {
+            let json = format!(
+                r#"{{"url":"http://a/i.m3u8","protocol":"m3u8_native","format_index":null{extra}}}"#
+            );
+            let s = Selection::parse(json.as_bytes()).unwrap();
+            let f = s.single_native().expect("HLS is native");
+            f.hls.refusal()
+        };
+        assert_eq!(hls(""), None);
+        assert_eq!(hls(r#","hls_aes":null,"is_live":false"#), None);
+        assert_eq!(hls(r#","is_live":true"#), Some("a live stream"));
+        assert_eq!(hls(r#","has_drm":false"#), None);
+        assert_eq!(hls(r#","has_drm":"maybe""#), Some("DRM"));
+        assert!(hls(r#","hls_aes":{"key":"00"}"#).is_some());
+        assert!(hls(r#","extra_param_to_segment_url":"a=1""#).is_some());
     }
 }

@@ -21,7 +21,7 @@ use crate::sniff::sniff;
 /// `metadata.served_by` of this path: yt-dlp's own downloaders move the bytes.
 const SERVED_BY: &str = "yt-dlp";
 /// The first chunk is filled up to this much before sniffing: enough for a faststart `moov`.
-const FIRST_CHUNK: usize = 64 * 1024;
+pub(crate) const FIRST_CHUNK: usize = 64 * 1024;
 /// How long the last frame (end or error) may wait for a client that is not reading.
 pub(crate) const LAST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 /// After stdout closes, how long yt-dlp gets to exit on its own.

@@ -1,20 +1,26 @@
-//! A stream the sidecar moves itself: a single-file http(s) format, fetched in ranged
-//! chunks through the job's egress and relayed with its exact size, one byte range when
-//! asked, or only its metadata (HEAD). No yt-dlp process lives while it streams.
+//! A stream the sidecar moves itself, through the job's egress, with no yt-dlp process
+//! alive while it streams. Two sources feed one relay: a single http(s) file (fetched in
+//! ranged chunks, with its exact size, one byte range when asked) and an HLS media
+//! playlist (`m3u8_native`: segments in order, no size, no ranges). A HEAD answers with
+//! the metadata alone.
 
-use bytes::BytesMut;
-use futures::{SinkExt, StreamExt};
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use futures::{SinkExt, Stream, StreamExt};
 use streamgate_protocol::{ByteRange, ErrorCode, Frame, JobError, MAX_DATA_LEN, Metadata};
 use tracing::info;
 use url::Url;
 
 use crate::extract::{Format, Selection};
 use crate::fetch::progressive::{Opened, Progressive};
-use crate::fetch::{FetchError, Fetcher};
-use crate::job::{LAST_FRAME_TIMEOUT, Outcome, clean_title, fail, peer_ended, peer_event};
+use crate::fetch::{FetchError, Fetcher, hls};
+use crate::job::{
+    FIRST_CHUNK, LAST_FRAME_TIMEOUT, Outcome, clean_title, fail, peer_ended, peer_event,
+};
 use crate::sandbox::Sandbox;
 use crate::server::{Rx, Shared, Tx};
-use crate::sniff::by_ext;
+use crate::sniff::{Sniffed, by_ext, sniff};
 
 /// `metadata.served_by` of this path.
 pub(crate) const SERVED_BY: &str = "native";
@@ -27,8 +33,36 @@ pub(crate) struct Want {
     pub max_filesize: Option<u64>,
 }
 
-/// Streams `format` (a single http(s) file of `selection`). A failure before the first
-/// byte comes back as the fetch error, so the caller can extract again (an expired URL).
+type Body = Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>;
+
+/// An opened source: what it knows before its first byte, and its bytes.
+struct Source {
+    /// `metadata.size`: the exact byte count, when known before the transfer.
+    size: Option<u64>,
+    /// `metadata.range`: the inclusive span sent, when a range was asked for and honoured.
+    span: Option<(u64, u64)>,
+    container: Container,
+    body: Body,
+}
+
+/// How the metadata learns what the bytes are.
+enum Container {
+    /// A file sent as stored, by its extension (a range from its middle has no magic bytes).
+    Stored(Sniffed),
+    /// Sniffed from the first bytes; `audio_only` is yt-dlp's hint where they cannot tell.
+    Sniff { audio_only: bool },
+}
+
+/// A HEAD's answer: what a GET would say, no media fetched.
+struct Head {
+    size: Option<u64>,
+    container: Sniffed,
+}
+
+/// Streams `format`, the one format of `selection`, a single http(s) file or an HLS media
+/// playlist. A failure before the first byte comes back as the fetch error, so the caller
+/// can extract again (an expired URL), or hand an HLS playlist the native path does not
+/// take ([`FetchError::Unsupported`]) to yt-dlp.
 pub(crate) async fn run(
     shared: &Shared,
     sandbox: &Sandbox,
@@ -45,49 +79,124 @@ pub(crate) async fn run(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()));
     let fetcher = Fetcher::new(sandbox.egress(), headers, format.cookies.as_deref());
-    let chunk = format.downloader_options.http_chunk_size;
-    let source = Progressive::new(fetcher, url, chunk, shared.config.stall_timeout);
     let audio_only = format.vcodec.as_deref() == Some("none");
-    let sniffed = by_ext(format.ext.as_deref().unwrap_or_default(), audio_only);
-    let stem = selection
-        .title
-        .as_deref()
-        .map(clean_title)
-        .filter(|t| !t.is_empty());
+    let stall = shared.config.stall_timeout;
+    let hls = format.protocol.as_deref() == Some("m3u8_native");
+    if hls && let Some(why) = format.hls.refusal() {
+        return Err(FetchError::Unsupported(why.into()));
+    }
     let mut meta = Metadata {
-        filename: format!("{}.{}", stem.as_deref().unwrap_or("media"), sniffed.ext),
-        ext: sniffed.ext.to_owned(),
-        mime: sniffed.mime.to_owned(),
         title: selection.title.clone(),
         served_by: SERVED_BY.to_owned(),
         ..Metadata::default()
     };
     if want.head {
-        meta.size = source.size().await?.or(format.filesize);
-        if let Some(e) = too_large(meta.size, want.max_filesize) {
+        let head = match hls {
+            true => {
+                let playlist = hls::playlist(&fetcher, &url, stall).await?;
+                let container = playlist.container(audio_only);
+                Head {
+                    size: None,
+                    container,
+                }
+            }
+            false => {
+                let source = Progressive::new(fetcher, url, None, stall);
+                Head {
+                    size: source.size().await?.or(format.filesize),
+                    container: file_container(format, audio_only),
+                }
+            }
+        };
+        if let Some(e) = too_large(head.size, want.max_filesize) {
             return Ok(fail(tx, e, 0).await);
         }
-        info!(size = ?meta.size, "head answered from the extraction and a HEAD request");
+        describe(&mut meta, &head.container);
+        meta.size = head.size;
+        info!(size = ?meta.size, ext = %meta.ext, "head answered without media");
         send_last(tx, Frame::Metadata(meta)).await;
         send_last(tx, Frame::End { total_bytes: 0 }).await;
         return Ok(Outcome::Done { bytes: 0 });
     }
-    let (Opened { size, span }, body) = source.open(want.range).await?;
-    if let Some(e) = too_large(size, want.max_filesize) {
+    let source = match hls {
+        true => {
+            let playlist = hls::playlist(&fetcher, &url, stall).await?;
+            info!(segments = playlist.segments(), "HLS playlist fetched");
+            Source {
+                size: None,
+                span: None,
+                container: Container::Sniff { audio_only },
+                body: Box::pin(hls::fetch(playlist, fetcher, stall)),
+            }
+        }
+        false => {
+            let chunk = format.downloader_options.http_chunk_size;
+            let source = Progressive::new(fetcher, url, chunk, stall);
+            let (Opened { size, span }, body) = source.open(want.range).await?;
+            Source {
+                size,
+                span,
+                container: Container::Stored(file_container(format, audio_only)),
+                body: Box::pin(body),
+            }
+        }
+    };
+    relay(shared, sandbox, meta, source, want, tx, rx).await
+}
+
+/// A single file's container, by its extension: it is sent exactly as stored.
+fn file_container(format: &Format, audio_only: bool) -> Sniffed {
+    by_ext(format.ext.as_deref().unwrap_or_default(), audio_only)
+}
+
+/// Fills the metadata's file name (from its title) and type.
+fn describe(meta: &mut Metadata, container: &Sniffed) {
+    let stem = meta
+        .title
+        .as_deref()
+        .map(clean_title)
+        .filter(|t| !t.is_empty());
+    meta.filename = format!("{}.{}", stem.as_deref().unwrap_or("media"), container.ext);
+    meta.ext = container.ext.to_owned();
+    meta.mime = container.mime.to_owned();
+}
+
+/// Sends the metadata, then the source's bytes as the socket takes them, then `end`. The
+/// metadata waits for the first bytes when the container is sniffed from them; until it
+/// is sent, a failure is the caller's to report.
+async fn relay(
+    shared: &Shared,
+    sandbox: &Sandbox,
+    mut meta: Metadata,
+    source: Source,
+    want: Want,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Result<Outcome, FetchError> {
+    if let Some(e) = too_large(source.size, want.max_filesize) {
         return Ok(fail(tx, e, 0).await);
     }
-    meta.size = size;
-    meta.range = span;
-    let expected = match (span, size) {
+    meta.size = source.size;
+    meta.range = source.span;
+    let expected = match (source.span, source.size) {
         (Some((start, end)), _) => Some(end - start + 1),
         (None, size) => size,
     };
-    info!(ext = %meta.ext, size = ?size, range = ?span, "streaming natively");
-    if !send(tx, rx, Frame::Metadata(meta)).await {
-        return Ok(Outcome::Cancelled { bytes: 0 });
+    // The metadata not yet sent (with the sniffing hint), and the first bytes it waits for.
+    let mut pending = None;
+    let mut first = BytesMut::new();
+    match source.container {
+        Container::Stored(container) => {
+            describe(&mut meta, &container);
+            info!(ext = %meta.ext, size = ?meta.size, range = ?meta.range, "streaming natively");
+            if !send(tx, rx, Frame::Metadata(meta)).await {
+                return Ok(Outcome::Cancelled { bytes: 0 });
+            }
+        }
+        Container::Sniff { audio_only } => pending = Some((meta, audio_only)),
     }
     // What is already there goes out as one frame: fewer, fuller frames.
-    let mut body = std::pin::pin!(body.ready_chunks(64));
+    let mut body = std::pin::pin!(source.body.ready_chunks(64));
     let mut total: u64 = 0;
     loop {
         let next = tokio::select! {
@@ -99,22 +208,48 @@ pub(crate) async fn run(
             }
             next = body.next() => next,
         };
-        let Some(batch) = next else { break };
+        let ended = next.is_none();
         let mut data = BytesMut::new();
-        for item in batch {
+        let mut broke = None;
+        for item in next.into_iter().flatten() {
             match item {
                 Ok(bytes) => data.extend_from_slice(&bytes),
                 Err(e) => {
-                    let _ = flush(tx, rx, data, &mut total).await;
-                    return Ok(fail(tx, sandbox.explain(job_error(&e)), total).await);
+                    broke = Some(e);
+                    break;
                 }
             }
+        }
+        if let Some((mut meta, audio_only)) = pending.take() {
+            first.extend_from_slice(&data);
+            if let Some(e) = broke {
+                return Err(e);
+            }
+            if first.len() < FIRST_CHUNK && !ended {
+                pending = Some((meta, audio_only));
+                continue;
+            }
+            if first.is_empty() {
+                return Err(FetchError::Http("no media bytes".into()));
+            }
+            describe(&mut meta, &sniff(&first, audio_only));
+            info!(ext = %meta.ext, mime = %meta.mime, "streaming natively");
+            if !send(tx, rx, Frame::Metadata(meta)).await {
+                return Ok(Outcome::Cancelled { bytes: 0 });
+            }
+            data = std::mem::take(&mut first);
         }
         if let Some(max) = want.max_filesize.filter(|m| total + data.len() as u64 > *m) {
             return Ok(fail(tx, over(max), total).await);
         }
         if !flush(tx, rx, data, &mut total).await {
             return Ok(Outcome::Cancelled { bytes: total });
+        }
+        if let Some(e) = broke {
+            return Ok(fail(tx, sandbox.explain(job_error(&e)), total).await);
+        }
+        if ended {
+            break;
         }
     }
     if expected.is_some_and(|n| n != total) {

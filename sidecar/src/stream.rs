@@ -60,11 +60,15 @@ pub(crate) async fn run(
         if !from_cache {
             shared.cache.put(spec.tenant, &key, json.clone());
         }
-        let Some(format) = selection.single_http() else {
+        let Some(format) = selection.single_native() else {
             return with_ytdlp(shared, &spec, &json, sandbox, tx, rx).await;
         };
         match native::run(shared, sandbox, &selection, format, spec.want, tx, rx).await {
             Ok(outcome) => return outcome,
+            Err(FetchError::Unsupported(why)) => {
+                info!(%why, "not for the native fetcher: yt-dlp's downloader instead");
+                return with_ytdlp(shared, &spec, &json, sandbox, tx, rx).await;
+            }
             Err(FetchError::Status(s)) if from_cache && matches!(s.as_u16(), 403 | 410) => {
                 info!(status = %s, "a cached media URL stopped working: extracting again");
                 shared.cache.remove(spec.tenant, &key);

@@ -3,13 +3,14 @@
 //! verified against the Mozilla roots, and redirects are followed hop by hop, each hop a new
 //! checked connection.
 
+pub mod hls;
 pub mod progressive;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Empty;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode};
@@ -40,6 +41,13 @@ pub enum FetchError {
     Unsatisfiable { size: Option<u64> },
     #[error("no data for {0:?}")]
     Stalled(Duration),
+    /// The media needs what the fetcher does not do (a live or DRM playlist, …): yt-dlp's
+    /// own downloader takes the job instead.
+    #[error("not for the native fetcher: {0}")]
+    Unsupported(String),
+    /// AES-128 content that does not decrypt (a wrong key, a truncated segment).
+    #[error("AES-128: {0}")]
+    Decrypt(String),
 }
 
 /// How one format's media is requested: its URL's headers and cookies from the extraction.
@@ -50,10 +58,51 @@ pub struct Fetcher {
 
 /// A response whose connection lives as long as it does.
 pub struct Response {
+    /// Where the answer came from, after redirects: relative references resolve against it.
+    pub url: Url,
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Incoming,
     connection: tokio::task::JoinHandle<()>,
+}
+
+impl Response {
+    /// The next data frame of the body (trailers skipped); `None` at its end.
+    pub async fn data(&mut self) -> Option<Result<Bytes, String>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) => return Some(Ok(data)),
+                    Err(_) => continue,
+                },
+                Err(e) => return Some(Err(e.to_string())),
+            }
+        }
+    }
+
+    pub fn content_length(&self) -> Option<u64> {
+        self.headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// `Content-Range: bytes START-END/SIZE` (SIZE may be `*`).
+    pub fn content_range(&self) -> Option<(u64, u64, Option<u64>)> {
+        let value = self.headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
+        parse_content_range(value)
+    }
+}
+
+fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
+    let (span, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
+    let (start, end) = span.split_once('-')?;
+    let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
+    let size = match size {
+        "*" => None,
+        s => Some(s.parse().ok()?),
+    };
+    (start <= end && size.is_none_or(|s| end < s)).then_some((start, end, size))
 }
 
 impl Drop for Response {
@@ -205,6 +254,7 @@ impl Fetcher {
             .map_err(|e| FetchError::Http(e.to_string()))?;
         let (parts, body) = resp.into_parts();
         Ok(Response {
+            url: url.clone(),
             status: parts.status,
             headers: parts.headers,
             body,
@@ -237,6 +287,19 @@ fn cookie_header(cookies: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_ranges() {
+        assert_eq!(
+            parse_content_range("bytes 0-99/1000"),
+            Some((0, 99, Some(1000)))
+        );
+        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
+        assert_eq!(parse_content_range("bytes 9-5/100"), None);
+        assert_eq!(parse_content_range("bytes 0-100/100"), None);
+        assert_eq!(parse_content_range("bytes */100"), None);
+        assert_eq!(parse_content_range("items 0-1/2"), None);
+    }
 
     #[test]
     fn cookies_keep_their_pairs_only() {

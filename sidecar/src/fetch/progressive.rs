@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::Stream;
-use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper::header;
 use hyper::{Method, StatusCode};
 use streamgate_protocol::ByteRange;
@@ -53,7 +51,7 @@ impl Progressive {
         if !resp.status.is_success() {
             return Err(FetchError::Status(resp.status));
         }
-        Ok(content_length(&resp))
+        Ok(resp.content_length())
     }
 
     /// Starts fetching `range` (whole file without one); the first request's answer says
@@ -88,7 +86,8 @@ impl Progressive {
         }
         let (opened, next, end) = match resp.status {
             StatusCode::PARTIAL_CONTENT => {
-                let (start, stop, size) = content_range(&resp)
+                let (start, stop, size) = resp
+                    .content_range()
                     .ok_or_else(|| FetchError::Http("206 without a usable Content-Range".into()))?;
                 // The span the client asked for, clipped to the file.
                 let wanted_end = match (range, size) {
@@ -103,7 +102,7 @@ impl Progressive {
             }
             StatusCode::OK => {
                 // No ranges here: the whole file, in one response.
-                let size = content_length(&resp);
+                let size = resp.content_length();
                 (
                     Opened { size, span: None },
                     0,
@@ -174,7 +173,7 @@ impl State {
                 }
                 continue;
             };
-            match tokio::time::timeout(self.source.stall, frame(&mut resp.body)).await {
+            match tokio::time::timeout(self.source.stall, resp.data()).await {
                 Ok(Some(Ok(data))) if !data.is_empty() => {
                     let room = self.end - self.next + 1;
                     let data = if (data.len() as u64) > room {
@@ -241,7 +240,7 @@ impl State {
                 .await;
             let failure = match attempt {
                 Ok(resp) if resp.status == StatusCode::PARTIAL_CONTENT => {
-                    match content_range(&resp) {
+                    match resp.content_range() {
                         Some((start, _, _)) if start == self.next => return Ok(resp),
                         _ => FetchError::Http("resumed at the wrong offset".into()),
                     }
@@ -258,60 +257,5 @@ impl State {
             }
             tokio::time::sleep(Duration::from_millis(200 * u64::from(self.retries))).await;
         }
-    }
-}
-
-/// The next data frame of a body (trailers skipped).
-async fn frame(body: &mut Incoming) -> Option<Result<Bytes, String>> {
-    loop {
-        match body.frame().await? {
-            Ok(frame) => match frame.into_data() {
-                Ok(data) => return Some(Ok(data)),
-                Err(_) => continue,
-            },
-            Err(e) => return Some(Err(e.to_string())),
-        }
-    }
-}
-
-fn content_length(resp: &Response) -> Option<u64> {
-    resp.headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
-}
-
-/// `Content-Range: bytes START-END/SIZE` (SIZE may be `*`).
-fn content_range(resp: &Response) -> Option<(u64, u64, Option<u64>)> {
-    let value = resp.headers.get(header::CONTENT_RANGE)?.to_str().ok()?;
-    parse_content_range(value)
-}
-
-fn parse_content_range(value: &str) -> Option<(u64, u64, Option<u64>)> {
-    let (span, size) = value.trim().strip_prefix("bytes ")?.split_once('/')?;
-    let (start, end) = span.split_once('-')?;
-    let (start, end): (u64, u64) = (start.parse().ok()?, end.parse().ok()?);
-    let size = match size {
-        "*" => None,
-        s => Some(s.parse().ok()?),
-    };
-    (start <= end && size.is_none_or(|s| end < s)).then_some((start, end, size))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_content_range;
-
-    #[test]
-    fn content_ranges() {
-        assert_eq!(
-            parse_content_range("bytes 0-99/1000"),
-            Some((0, 99, Some(1000)))
-        );
-        assert_eq!(parse_content_range("bytes 5-9/*"), Some((5, 9, None)));
-        assert_eq!(parse_content_range("bytes 9-5/100"), None);
-        assert_eq!(parse_content_range("bytes 0-100/100"), None);
-        assert_eq!(parse_content_range("bytes */100"), None);
-        assert_eq!(parse_content_range("items 0-1/2"), None);
     }
 }
