@@ -39,6 +39,15 @@ async fn direct(url: &str, format: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// A direct `yt-dlp -o -` run with its default downloaders: what the sidecar's own fetcher
+/// must give byte for byte (for HLS, yt-dlp's native downloader, not ffmpeg's remux).
+async fn direct_default(url: &str, format: &str) -> Vec<u8> {
+    let (url, format) = (url.to_owned(), format.to_owned());
+    tokio::task::spawn_blocking(move || direct_ytdlp(&url, &format, &[]))
+        .await
+        .unwrap()
+}
+
 async fn progressive_mp4_is_relayed_byte_for_byte(pool: bool) {
     let sc = sidecar(pool).await;
     let url = server().url("progressive.mp4");
@@ -62,7 +71,10 @@ async fn hls_is_mpeg_ts_and_matches_a_direct_run(pool: bool) {
     let t = Client::stream(sc.socket(), &url, "b").await;
     // yt-dlp says "mp4" for this format; the bytes are MPEG-TS.
     t.assert_complete(&sc.logs(), "ts", "video/mp2t");
-    let reference = direct(&url, "b").await;
+    let meta = t.metadata.as_ref().unwrap();
+    assert_eq!(meta.served_by, "native", "{}", sc.logs());
+    assert_eq!((meta.size, meta.range), (None, None));
+    let reference = direct_default(&url, "b").await;
     assert_eq!(sha256_hex(&t.data), sha256_hex(&reference));
     eprintln!(
         "hls: {} bytes, sha256 {}",
