@@ -106,6 +106,10 @@ pub(crate) struct Format {
     pub filesize: Option<u64>,
     #[serde(default)]
     pub downloader_options: DownloaderOptions,
+    /// `http_dash_segments`: where the fragments are.
+    pub fragment_base_url: Option<String>,
+    #[serde(default)]
+    pub fragments: Vec<crate::fetch::dash::Fragment>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -185,14 +189,15 @@ impl Selection {
         })
     }
 
-    /// The one format the sidecar fetches itself: a single file over http(s), or an HLS
-    /// media playlist.
-    pub fn single_native(&self) -> Option<&Format> {
-        let native = |p: Option<&str>| matches!(p, Some("http" | "https" | "m3u8_native"));
-        match self.formats.as_slice() {
-            [f] if native(f.protocol.as_deref()) && f.url.is_some() => Some(f),
-            _ => None,
-        }
+    /// Whether the sidecar fetches every chosen format itself: single files over http(s),
+    /// DASH fragments, HLS media playlists (merged by ffmpeg through pipes when several).
+    pub fn native(&self) -> bool {
+        !self.formats.is_empty()
+            && self.formats.iter().all(|f| match f.protocol.as_deref() {
+                Some("http" | "https" | "m3u8_native") => f.url.is_some(),
+                Some("http_dash_segments") => !f.fragments.is_empty(),
+                _ => false,
+            })
     }
 }
 
@@ -206,7 +211,8 @@ mod tests {
             "http_headers":{"User-Agent":"x"},"downloader_options":{"http_chunk_size":1048576},
             "formats":[{"format_id":"0"}]}"#;
         let s = Selection::parse(single).unwrap();
-        let f = s.single_native().unwrap();
+        assert!(s.native());
+        let f = &s.formats[0];
         assert_eq!(f.url.as_deref(), Some("http://a/v.mp4"));
         assert_eq!(f.downloader_options.http_chunk_size, Some(1 << 20));
         assert_eq!(f.http_headers["User-Agent"], "x");
@@ -214,9 +220,17 @@ mod tests {
             {"url":"http://a/v","protocol":"https"},{"url":"http://a/a","protocol":"https"}]}"#;
         let s = Selection::parse(merged).unwrap();
         assert_eq!(s.formats.len(), 2);
-        assert!(s.single_native().is_none());
+        assert!(s.native(), "merged through pipes");
         let dash = br#"{"url":"http://a/m.mpd","protocol":"http_dash_segments"}"#;
-        assert!(Selection::parse(dash).unwrap().single_native().is_none());
+        assert!(
+            !Selection::parse(dash).unwrap().native(),
+            "no fragments listed"
+        );
+        let dash = br#"{"url":"http://a/m.mpd","protocol":"http_dash_segments",
+            "fragment_base_url":"http://a/","fragments":[{"path":"init.m4s"}]}"#;
+        assert!(Selection::parse(dash).unwrap().native());
+        let ism = br#"{"url":"http://a/m.ism","protocol":"ism"}"#;
+        assert!(!Selection::parse(ism).unwrap().native());
         let page = br#"{"_type":"playlist","entries":[{"title":"E","url":"http://a/1.mp4","protocol":"http"}]}"#;
         assert_eq!(Selection::parse(page).unwrap().title.as_deref(), Some("E"));
     }
@@ -228,8 +242,8 @@ mod tests {
                 r#"{{"url":"http://a/i.m3u8","protocol":"m3u8_native","format_index":null{extra}}}"#
             );
             let s = Selection::parse(json.as_bytes()).unwrap();
-            let f = s.single_native().expect("HLS is native");
-            f.hls.refusal()
+            assert!(s.native(), "HLS is native");
+            s.formats[0].hls.refusal()
         };
         assert_eq!(hls(""), None);
         assert_eq!(hls(r#","hls_aes":null,"is_live":false"#), None);

@@ -11,6 +11,7 @@ mod extract;
 mod fetch;
 mod job;
 mod launch;
+mod mux;
 mod native;
 mod pool;
 mod proc;

@@ -14,10 +14,11 @@ use url::Url;
 
 use crate::extract::{Format, Selection};
 use crate::fetch::progressive::{Opened, Progressive};
-use crate::fetch::{FetchError, Fetcher, hls};
+use crate::fetch::{FetchError, Fetcher, dash, hls};
 use crate::job::{
     FIRST_CHUNK, LAST_FRAME_TIMEOUT, Outcome, clean_title, fail, peer_ended, peer_event,
 };
+use crate::mux;
 use crate::sandbox::Sandbox;
 use crate::server::{Rx, Shared, Tx};
 use crate::sniff::{Sniffed, by_ext, sniff};
@@ -59,89 +60,187 @@ struct Head {
     container: Sniffed,
 }
 
-/// Streams `format`, the one format of `selection`, a single http(s) file or an HLS media
-/// playlist. A failure before the first byte comes back as the fetch error, so the caller
-/// can extract again (an expired URL), or hand an HLS playlist the native path does not
-/// take ([`FetchError::Unsupported`]) to yt-dlp.
+/// Streams what `selection` chose: one format (a single http(s) file, DASH fragments or an
+/// HLS media playlist), or several merged by ffmpeg through pipes. A failure before the
+/// first byte comes back as the fetch error, so the caller can extract again (an expired
+/// URL), or hand what the native path does not take ([`FetchError::Unsupported`]) to
+/// yt-dlp.
 pub(crate) async fn run(
     shared: &Shared,
     sandbox: &Sandbox,
     selection: &Selection,
-    format: &Format,
     want: Want,
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Result<Outcome, FetchError> {
-    let url = format.url.as_deref().unwrap_or_default();
-    let url = Url::parse(url).map_err(|e| FetchError::Http(format!("format URL: {e}")))?;
-    let headers = format
-        .http_headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()));
-    let fetcher = Fetcher::new(sandbox.egress(), headers, format.cookies.as_deref());
-    let audio_only = format.vcodec.as_deref() == Some("none");
     let stall = shared.config.stall_timeout;
-    let hls = format.protocol.as_deref() == Some("m3u8_native");
-    if hls && let Some(why) = format.hls.refusal() {
-        return Err(FetchError::Unsupported(why.into()));
-    }
-    let mut meta = Metadata {
+    let meta = Metadata {
         title: selection.title.clone(),
         served_by: SERVED_BY.to_owned(),
         ..Metadata::default()
     };
-    if want.head {
-        let head = match hls {
-            true => {
-                let playlist = hls::playlist(&fetcher, &url, stall).await?;
-                let container = playlist.container(audio_only);
-                Head {
+    let source = match selection.formats.as_slice() {
+        [format] => match single(sandbox, format, want, stall).await? {
+            Opening::Source(source) => source,
+            Opening::Head(head) => return Ok(answer_head(meta, head, want, tx).await),
+        },
+        formats => {
+            let exts: Vec<&str> = formats
+                .iter()
+                .map(|f| f.ext.as_deref().unwrap_or(""))
+                .collect();
+            let args = mux::container(&exts);
+            if want.head {
+                let head = Head {
                     size: None,
-                    container,
-                }
+                    container: by_ext(mux::extension(args), false),
+                };
+                return Ok(answer_head(meta, head, want, tx).await);
             }
-            false => {
-                let source = Progressive::new(fetcher, url, None, stall);
-                Head {
-                    size: source.size().await?.or(format.filesize),
-                    container: file_container(format, audio_only),
-                }
+            let mut bodies = Vec::with_capacity(formats.len());
+            for format in formats {
+                bodies.push(body(sandbox, format, stall).await?);
             }
-        };
-        if let Some(e) = too_large(head.size, want.max_filesize) {
-            return Ok(fail(tx, e, 0).await);
-        }
-        describe(&mut meta, &head.container);
-        meta.size = head.size;
-        info!(size = ?meta.size, ext = %meta.ext, "head answered without media");
-        send_last(tx, Frame::Metadata(meta)).await;
-        send_last(tx, Frame::End { total_bytes: 0 }).await;
-        return Ok(Outcome::Done { bytes: 0 });
-    }
-    let source = match hls {
-        true => {
-            let playlist = hls::playlist(&fetcher, &url, stall).await?;
-            info!(segments = playlist.segments(), "HLS playlist fetched");
+            let ffmpeg = mux::ffmpeg(shared.config.ffmpeg.as_deref());
+            let merged = mux::merge(&ffmpeg, bodies, args, sandbox.place())
+                .map_err(|e| FetchError::Http(format!("starting ffmpeg: {e}")))?;
+            info!(inputs = formats.len(), "merging through pipes");
             Source {
                 size: None,
                 span: None,
-                container: Container::Sniff { audio_only },
-                body: Box::pin(hls::fetch(playlist, fetcher, stall)),
-            }
-        }
-        false => {
-            let chunk = format.downloader_options.http_chunk_size;
-            let source = Progressive::new(fetcher, url, chunk, stall);
-            let (Opened { size, span }, body) = source.open(want.range).await?;
-            Source {
-                size,
-                span,
-                container: Container::Stored(file_container(format, audio_only)),
-                body: Box::pin(body),
+                container: Container::Sniff { audio_only: false },
+                body: Box::pin(merged),
             }
         }
     };
     relay(shared, sandbox, meta, source, want, tx, rx).await
+}
+
+/// What opening one format gave: its bytes, or (HEAD) what they would be.
+enum Opening {
+    Source(Source),
+    Head(Head),
+}
+
+/// The fetcher of a format: its URL's headers and cookies, through the job's egress.
+fn fetcher(sandbox: &Sandbox, format: &Format) -> Fetcher {
+    let headers = format
+        .http_headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()));
+    Fetcher::new(sandbox.egress(), headers, format.cookies.as_deref())
+}
+
+fn format_url(format: &Format) -> Result<Url, FetchError> {
+    let url = format.url.as_deref().unwrap_or_default();
+    Url::parse(url).map_err(|e| FetchError::Http(format!("format URL: {e}")))
+}
+
+/// One format on its own: a single file keeps its size and serves ranges.
+async fn single(
+    sandbox: &Sandbox,
+    format: &Format,
+    want: Want,
+    stall: std::time::Duration,
+) -> Result<Opening, FetchError> {
+    let audio_only = format.vcodec.as_deref() == Some("none");
+    match format.protocol.as_deref() {
+        Some("http" | "https") => {
+            let source = Progressive::new(
+                fetcher(sandbox, format),
+                format_url(format)?,
+                format.downloader_options.http_chunk_size,
+                stall,
+            );
+            let container = file_container(format, audio_only);
+            if want.head {
+                let size = source.size().await?.or(format.filesize);
+                return Ok(Opening::Head(Head { size, container }));
+            }
+            let (Opened { size, span }, body) = source.open(want.range).await?;
+            Ok(Opening::Source(Source {
+                size,
+                span,
+                container: Container::Stored(container),
+                body: Box::pin(body),
+            }))
+        }
+        Some("m3u8_native") if want.head => {
+            if let Some(why) = format.hls.refusal() {
+                return Err(FetchError::Unsupported(why.into()));
+            }
+            let playlist =
+                hls::playlist(&fetcher(sandbox, format), &format_url(format)?, stall).await?;
+            let container = playlist.container(audio_only);
+            Ok(Opening::Head(Head {
+                size: None,
+                container,
+            }))
+        }
+        Some("http_dash_segments") if want.head => {
+            let container = file_container(format, audio_only);
+            Ok(Opening::Head(Head {
+                size: None,
+                container,
+            }))
+        }
+        _ => Ok(Opening::Source(Source {
+            size: None,
+            span: None,
+            container: Container::Sniff { audio_only },
+            body: body(sandbox, format, stall).await?,
+        })),
+    }
+}
+
+/// A format's bytes from its start, whatever its protocol: a merge's input, or a
+/// segmented format sent whole.
+async fn body(
+    sandbox: &Sandbox,
+    format: &Format,
+    stall: std::time::Duration,
+) -> Result<Body, FetchError> {
+    let fetcher = fetcher(sandbox, format);
+    match format.protocol.as_deref() {
+        Some("http" | "https") => {
+            let source = Progressive::new(
+                fetcher,
+                format_url(format)?,
+                format.downloader_options.http_chunk_size,
+                stall,
+            );
+            let (_, body) = source.open(None).await?;
+            Ok(Box::pin(body))
+        }
+        Some("http_dash_segments") => {
+            let plan = dash::plan(format.fragment_base_url.as_deref(), &format.fragments)
+                .map_err(FetchError::Unsupported)?;
+            info!(fragments = plan.len(), "DASH fragments");
+            Ok(Box::pin(dash::stream(fetcher, plan, stall)))
+        }
+        Some("m3u8_native") => {
+            if let Some(why) = format.hls.refusal() {
+                return Err(FetchError::Unsupported(why.into()));
+            }
+            let playlist = hls::playlist(&fetcher, &format_url(format)?, stall).await?;
+            info!(segments = playlist.segments(), "HLS playlist fetched");
+            Ok(Box::pin(hls::fetch(playlist, fetcher, stall)))
+        }
+        other => Err(FetchError::Unsupported(format!("protocol {other:?}"))),
+    }
+}
+
+/// A HEAD: the metadata a GET would start with, no media fetched.
+async fn answer_head(mut meta: Metadata, head: Head, want: Want, tx: &mut Tx) -> Outcome {
+    if let Some(e) = too_large(head.size, want.max_filesize) {
+        return fail(tx, e, 0).await;
+    }
+    describe(&mut meta, &head.container);
+    meta.size = head.size;
+    info!(size = ?meta.size, ext = %meta.ext, "head answered without media");
+    send_last(tx, Frame::Metadata(meta)).await;
+    send_last(tx, Frame::End { total_bytes: 0 }).await;
+    Outcome::Done { bytes: 0 }
 }
 
 /// A single file's container, by its extension: it is sent exactly as stored.

@@ -13,6 +13,7 @@ use crate::Error;
 use crate::egress::Egress;
 use crate::egress::netns::JobNet;
 use crate::egress::proxy::JobProxy;
+use crate::ytdlp::{JobArgs, Place};
 
 /// One job's directory and network.
 pub(crate) struct Sandbox {
@@ -43,12 +44,8 @@ impl Sandbox {
         })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// The namespace fd the job's processes join, in netns mode.
-    pub fn ns(&self) -> Option<RawFd> {
+    fn ns(&self) -> Option<RawFd> {
         self.ns.as_ref().map(AsRawFd::as_raw_fd)
     }
 
@@ -57,8 +54,19 @@ impl Sandbox {
         Arc::clone(&self.egress)
     }
 
-    pub fn proxy_url(&self) -> &str {
-        self.proxy.url()
+    /// What the job's yt-dlp is told besides the URL and format.
+    pub fn job_args(&self) -> JobArgs<'_> {
+        JobArgs {
+            proxy: self.proxy.url(),
+        }
+    }
+
+    /// Where the job's processes run.
+    pub fn place(&self) -> Place<'_> {
+        Place {
+            dir: &self.dir,
+            ns: self.ns(),
+        }
     }
 
     /// A job that failed after the egress refused one of its connections failed because of

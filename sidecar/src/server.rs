@@ -24,7 +24,7 @@ use crate::job::{self, Outcome};
 use crate::native::Want;
 use crate::pool::Pool;
 use crate::sandbox::Sandbox;
-use crate::ytdlp::{JobArgs, Place, YtDlp};
+use crate::ytdlp::YtDlp;
 use crate::{Cache, Config, Error, Netns, launch, resolve, stream};
 
 /// Sending half of a client connection.
@@ -445,14 +445,9 @@ async fn resolve_job(
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
-    let job = JobArgs {
-        proxy: sandbox.proxy_url(),
-    };
+    let job = sandbox.job_args();
     let args = shared.ytdlp.resolve_args(url, &job);
-    let place = Place {
-        dir: sandbox.dir(),
-        ns: sandbox.ns(),
-    };
+    let place = sandbox.place();
     let pool = shared.pool.as_deref();
     match launch::start(pool, &shared.ytdlp, args, false, None, place).await {
         Ok(proc) => {

@@ -14,7 +14,6 @@ use crate::launch;
 use crate::native::{self, Want};
 use crate::sandbox::Sandbox;
 use crate::server::{Rx, Shared, Tx};
-use crate::ytdlp::{JobArgs, Place};
 
 /// One stream request.
 pub(crate) struct Spec<'a> {
@@ -60,10 +59,10 @@ pub(crate) async fn run(
         if !from_cache {
             shared.cache.put(spec.tenant, &key, json.clone());
         }
-        let Some(format) = selection.single_native() else {
+        if !selection.native() {
             return with_ytdlp(shared, &spec, &json, sandbox, tx, rx).await;
-        };
-        match native::run(shared, sandbox, &selection, format, spec.want, tx, rx).await {
+        }
+        match native::run(shared, sandbox, &selection, spec.want, tx, rx).await {
             Ok(outcome) => return outcome,
             Err(FetchError::Unsupported(why)) => {
                 info!(%why, "not for the native fetcher: yt-dlp's downloader instead");
@@ -93,16 +92,11 @@ async fn extraction(
             "extraction cache hit: no network for the extraction"
         );
     }
-    let job = JobArgs {
-        proxy: sandbox.proxy_url(),
-    };
+    let job = sandbox.job_args();
     let args = shared
         .ytdlp
         .extract_args(spec.url, spec.format, info.is_some(), &job);
-    let place = Place {
-        dir: sandbox.dir(),
-        ns: sandbox.ns(),
-    };
+    let place = sandbox.place();
     let proc = launch::start(
         shared.pool.as_deref(),
         &shared.ytdlp,
@@ -126,14 +120,9 @@ async fn with_ytdlp(
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
-    let job = JobArgs {
-        proxy: sandbox.proxy_url(),
-    };
+    let job = sandbox.job_args();
     let args = shared.ytdlp.stream_args(spec.url, spec.format, true, &job);
-    let place = Place {
-        dir: sandbox.dir(),
-        ns: sandbox.ns(),
-    };
+    let place = sandbox.place();
     let proc = match launch::start(
         shared.pool.as_deref(),
         &shared.ytdlp,

@@ -40,6 +40,18 @@ pub(crate) const INFO_FD: i32 = 4;
 /// A format with any other protocol is rejected before its download starts (exit 101).
 const PROTOCOLS: &str = "protocol~='^(https?|m3u8(_native)?|http_dash_segments)(\\+(https?|m3u8(_native)?|http_dash_segments))*$'";
 
+/// Where the info comes from: extraction of the URL (always after `--`), or the cached
+/// info JSON on fd 4.
+fn push_source(args: &mut Vec<OsString>, url: &str, cached: bool) {
+    if cached {
+        args.push("--load-info-json".into());
+        args.push(format!("/dev/fd/{INFO_FD}").into());
+    } else {
+        args.push("--".into());
+        args.push(url.into());
+    }
+}
+
 /// The path the architecture promises: `<repo>/.venv/bin/yt-dlp`, the repo found above this
 /// executable (`<repo>/target/release/…`); else `yt-dlp` from PATH.
 pub fn default_yt_dlp() -> PathBuf {
@@ -158,13 +170,7 @@ impl YtDlp {
         args.push("--print-to-file".into());
         args.push(META_TEMPLATE.into());
         args.push(format!("/dev/fd/{META_FD}").into());
-        if cached {
-            args.push("--load-info-json".into());
-            args.push(format!("/dev/fd/{INFO_FD}").into());
-        } else {
-            args.push("--".into());
-            args.push(url.into());
-        }
+        push_source(&mut args, url, cached);
         args
     }
 
@@ -181,13 +187,7 @@ impl YtDlp {
         for arg in ["-J", "-f", format] {
             args.push(arg.into());
         }
-        if cached {
-            args.push("--load-info-json".into());
-            args.push(format!("/dev/fd/{INFO_FD}").into());
-        } else {
-            args.push("--".into());
-            args.push(url.into());
-        }
+        push_source(&mut args, url, cached);
         args
     }
 

@@ -3,6 +3,7 @@
 //! verified against the Mozilla roots, and redirects are followed hop by hop, each hop a new
 //! checked connection.
 
+pub mod dash;
 pub mod hls;
 pub mod progressive;
 
@@ -51,6 +52,7 @@ pub enum FetchError {
 }
 
 /// How one format's media is requested: its URL's headers and cookies from the extraction.
+#[derive(Clone)]
 pub struct Fetcher {
     egress: Arc<Egress>,
     headers: HeaderMap,

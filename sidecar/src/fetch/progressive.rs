@@ -101,13 +101,25 @@ impl Progressive {
                 (Opened { size, span }, start, wanted_end)
             }
             StatusCode::OK => {
-                // No ranges here: the whole file, in one response.
+                // The whole file, in one response (an origin without ranges, or one that
+                // answers a range covering everything so). Of a known size, the range is
+                // still served: cut from the whole body.
                 let size = resp.content_length();
-                (
-                    Opened { size, span: None },
-                    0,
-                    size.map_or(u64::MAX, |s| s.saturating_sub(1)),
-                )
+                let last = size.map_or(u64::MAX, |s| s.saturating_sub(1));
+                match (range, size) {
+                    (Some(r), Some(s)) => match r.resolve(s) {
+                        Some((a, b)) => (
+                            Opened {
+                                size,
+                                span: Some((a, b)),
+                            },
+                            a,
+                            b,
+                        ),
+                        None => return Err(FetchError::Unsatisfiable { size }),
+                    },
+                    _ => (Opened { size, span: None }, 0, last),
+                }
             }
             StatusCode::RANGE_NOT_SATISFIABLE => {
                 let size = unsatisfied_size(&resp);
@@ -116,10 +128,13 @@ impl Progressive {
             status => return Err(FetchError::Status(status)),
         };
         let whole_body = resp.status == StatusCode::OK;
+        // A whole body holds the bytes before the span too.
+        let skip = if whole_body { next } else { 0 };
         let state = State {
             source: self,
             next,
             end,
+            skip,
             body: Some(resp),
             whole_body,
             retries: 0,
@@ -154,6 +169,8 @@ struct State {
     next: u64,
     /// Last byte wanted (inclusive; `u64::MAX` when the size is unknown).
     end: u64,
+    /// Bytes of the current body still to drop before `next` (a whole body cut to a range).
+    skip: u64,
     body: Option<Response>,
     /// The origin ignored ranges: nothing can be resumed.
     whole_body: bool,
@@ -174,7 +191,15 @@ impl State {
                 continue;
             };
             match tokio::time::timeout(self.source.stall, resp.data()).await {
-                Ok(Some(Ok(data))) if !data.is_empty() => {
+                Ok(Some(Ok(mut data))) if !data.is_empty() => {
+                    if self.skip > 0 {
+                        let dropped = self.skip.min(data.len() as u64);
+                        data = data.slice(dropped as usize..);
+                        self.skip -= dropped;
+                        if data.is_empty() {
+                            continue;
+                        }
+                    }
                     let room = self.end - self.next + 1;
                     let data = if (data.len() as u64) > room {
                         data.slice(..room as usize)
