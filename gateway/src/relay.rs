@@ -147,6 +147,11 @@ impl Stream for MediaBody {
                     return this.fail(RelayError::Length { declared, sent });
                 }
                 this.sent = sent;
+                // hyper drops a body once its Content-Length is written, without asking for
+                // more: the declared bytes are the whole answer, whatever comes after.
+                if this.declared == Some(sent) {
+                    this.finish(Ok(()));
+                }
                 Poll::Ready(Some(Ok(bytes)))
             }
             Some(Ok(Frame::End { total_bytes })) if total_bytes == this.sent => {

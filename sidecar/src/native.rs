@@ -347,7 +347,9 @@ async fn relay(
         if let Some(e) = broke {
             return Ok(fail(tx, sandbox.explain(job_error(&e)), total).await);
         }
-        if ended {
+        // All that was announced is out: `end` goes now, before the client, which has what
+        // it asked for, may close.
+        if ended || expected == Some(total) {
             break;
         }
     }

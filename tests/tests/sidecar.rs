@@ -87,7 +87,9 @@ async fn hls_is_mpeg_ts_and_matches_a_direct_run(pool: bool) {
 async fn dash_video_plus_audio_is_merged_by_ffmpeg(pool: bool) {
     let sc = sidecar(pool).await;
     let t = Client::stream(sc.socket(), &server().url("dash/manifest.mpd"), "bv+ba").await;
-    t.assert_complete(&sc.logs(), "ts", "video/mp2t");
+    // Merged by ffmpeg from the sidecar's pipes, as fragmented MP4 (what browsers play).
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+    assert_eq!(t.metadata.as_ref().unwrap().served_by, "native");
     let file = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(file.path(), &t.data).unwrap();
     let mut streams = ffprobe_streams(file.path());
@@ -377,7 +379,7 @@ async fn no_media_byte_touches_disk(pool: bool) {
         ("video-only.mp4", "b", "mp4", "video/mp4"),
         ("audio-only.m4a", "b", "m4a", "audio/mp4"),
         ("hls/index.m3u8", "b", "ts", "video/mp2t"),
-        ("dash/manifest.mpd", "bv+ba", "ts", "video/mp2t"),
+        ("dash/manifest.mpd", "bv+ba", "mp4", "video/mp4"),
         ("dash/manifest.mpd", "ba", "m4a", "audio/mp4"),
     ];
     for (path, format, ext, mime) in jobs {

@@ -137,6 +137,7 @@ impl Progressive {
             skip,
             body: Some(resp),
             whole_body,
+            cause: None,
             retries: 0,
         };
         Ok((opened, futures::stream::unfold(state, State::step)))
@@ -172,8 +173,10 @@ struct State {
     /// Bytes of the current body still to drop before `next` (a whole body cut to a range).
     skip: u64,
     body: Option<Response>,
-    /// The origin ignored ranges: nothing can be resumed.
+    /// The current body is the whole file (a 200), bytes before the span included.
     whole_body: bool,
+    /// Why the body being resumed failed, reported if the resume cannot be made.
+    cause: Option<FetchError>,
     retries: u32,
 }
 
@@ -185,7 +188,16 @@ impl State {
             }
             let Some(resp) = self.body.as_mut() else {
                 match self.request_next().await {
-                    Ok(resp) => self.body = Some(resp),
+                    Ok(resp) => {
+                        self.cause = None;
+                        self.body = Some(resp);
+                    }
+                    // An origin that answers the resume without a range cannot resume: the
+                    // failure that needed it is the one to report.
+                    Err(FetchError::Status(StatusCode::OK)) if self.cause.is_some() => {
+                        let cause = self.cause.take().expect("checked");
+                        return self.failed(cause);
+                    }
                     Err(e) => return self.failed(e),
                 }
                 continue;
@@ -218,29 +230,32 @@ impl State {
                     }
                 }
                 Ok(Some(Err(e))) => {
-                    tracing::debug!(offset = self.next, "upstream broke: {e}");
+                    tracing::warn!(offset = self.next, "upstream broke, resuming: {e}");
                     self.body = None;
                     if self.give_up().await {
                         return self.failed(FetchError::Http(e));
                     }
+                    self.cause = Some(FetchError::Http(e));
                 }
                 Err(_) => {
-                    tracing::debug!(offset = self.next, "upstream stalled");
+                    tracing::warn!(offset = self.next, "upstream stalled, resuming");
                     self.body = None;
+                    let stall = self.source.stall;
                     if self.give_up().await {
-                        let stall = self.source.stall;
                         return self.failed(FetchError::Stalled(stall));
                     }
+                    self.cause = Some(FetchError::Stalled(stall));
                 }
             }
         }
     }
 
-    /// Counts a failure: true when retries are spent (or nothing can be resumed), else
-    /// waits a little before the caller resumes at `next`.
+    /// Counts a failure: true when retries are spent, else waits a little before the
+    /// caller resumes at `next` (a whole body too: an origin may answer a range covering
+    /// the whole file with 200 and still take a range from the middle).
     async fn give_up(&mut self) -> bool {
         self.retries += 1;
-        if self.whole_body || self.retries > RETRIES {
+        if self.retries > RETRIES {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(200 * u64::from(self.retries))).await;
