@@ -4,6 +4,7 @@
 
 mod client;
 mod fixtures;
+mod native;
 mod procs;
 mod sections;
 mod stats;
@@ -40,11 +41,12 @@ pub struct Args {
     /// The fake sidecar for the relay-alone row.
     #[arg(long, default_value = "target/release/streamgate-bench-fake-sidecar")]
     pub fake_sidecar: PathBuf,
-    /// Sections to run, comma-separated: ttfb,throughput,concurrency,memory,relay,plugin.
+    /// Sections to run, comma-separated:
+    /// ttfb,throughput,concurrency,memory,relay,plugin and issue 10's pss,firstbyte,ceiling.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ttfb,throughput,concurrency,memory,relay,plugin"
+        default_value = "ttfb,throughput,concurrency,memory,relay,plugin,pss,firstbyte,ceiling"
     )]
     pub sections: Vec<String>,
     /// Systems to run, comma-separated: gateway,peer,direct.
@@ -90,6 +92,25 @@ pub struct Args {
     /// Default: bench/relay-config.toml.
     #[arg(long)]
     pub relay_config: Option<PathBuf>,
+    /// `pss`: stalled single-file streams held open while the trees' PSS is read.
+    #[arg(long, default_value_t = 64)]
+    pub pss_streams: usize,
+    /// `firstbyte`: numbers of concurrent clients.
+    #[arg(long, value_delimiter = ',', default_value = "1,32,256")]
+    pub fb_levels: Vec<usize>,
+    /// `firstbyte`: the old service runs the levels up to this one.
+    #[arg(long, default_value_t = 256)]
+    pub fb_peer_max: usize,
+    /// `firstbyte`: direct yt-dlp runs the levels up to this one (one Python per stream).
+    #[arg(long, default_value_t = 32)]
+    pub fb_direct_max: usize,
+    /// `ceiling`: runs per system of one stream of the big fixture.
+    #[arg(long, default_value_t = 3)]
+    pub ceiling_runs: usize,
+    /// `--max-jobs` of the second gateway started for `pss` and the `firstbyte` rows above
+    /// 32 streams (the sidecar's default job limit); 0: none.
+    #[arg(long, default_value_t = 320)]
+    pub wide_max_jobs: u32,
     /// Requests per probe in the plugin-overhead section.
     #[arg(long, default_value_t = 300)]
     pub plugin_samples: usize,
@@ -116,6 +137,9 @@ impl Args {
             self.relay_mib = self.relay_mib.min(1024);
             self.relay_hold = self.relay_hold.min(16);
             self.plugin_samples = self.plugin_samples.min(50);
+            self.pss_streams = self.pss_streams.min(16);
+            self.fb_levels.retain(|&n| n <= 32);
+            self.ceiling_runs = 1;
         }
     }
     pub fn has(&self, section: &str) -> bool {
@@ -344,6 +368,10 @@ async fn run() -> anyhow::Result<()> {
             .await
             .context("plugin section")?;
     }
+    let mut native_res = native::NativeResults::default();
+    native::run(&ctx, &mut native_res)
+        .await
+        .context("issue 10 sections")?;
     // Stop the real gateway before the relay row so it runs with the machine to itself.
     let systems = Arc::try_unwrap(ctx.systems)
         .ok()
@@ -383,6 +411,15 @@ async fn run() -> anyhow::Result<()> {
             gateway_log,
         },
     );
+    // Issue 10's block goes first, before the older sections' targets.
+    let md = match native::render(&ctx, &res, &native_res).as_str() {
+        "" => md,
+        block => md.replacen(
+            "## Targets (reported, not asserted)",
+            &format!("{block}## Other targets (reported, not asserted)"),
+            1,
+        ),
+    };
     match args.out.as_deref() {
         Some(p) if p.as_os_str() == "-" => println!("{md}"),
         other => {

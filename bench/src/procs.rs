@@ -124,3 +124,72 @@ pub fn sum_trees(roots: &[u32]) -> u64 {
         .map(|&r| tree(r).iter().map(|p| p.rss_kib).sum::<u64>())
         .sum()
 }
+
+/// Proportional set size of one process from `/proc/PID/smaps_rollup` (`Pss:`, KiB): every
+/// page shared by k processes counts 1/k to each, so a tree's sum counts the pages forked
+/// workers share with their parent once, not once per process as RSS does. None when the
+/// file cannot be read (the process is gone, or another user's).
+pub fn pss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// PSS of a gateway's tree, split like [`TreeRss`], with the processes counted by name.
+#[derive(Clone, Debug, Default)]
+pub struct TreePss {
+    pub root_kib: u64,
+    pub sidecar_kib: u64,
+    pub jobs_kib: u64,
+    /// Processes in the tree by `comm` (yt-dlp pool workers show as python3…).
+    pub by_comm: std::collections::BTreeMap<String, usize>,
+    /// Processes whose smaps_rollup could not be read (counted as 0).
+    pub unreadable: usize,
+}
+
+impl TreePss {
+    pub fn total_kib(&self) -> u64 {
+        self.root_kib + self.sidecar_kib + self.jobs_kib
+    }
+}
+
+/// [`tree_rss`]'s split, by PSS.
+pub fn tree_pss(root: u32, sidecar_prefix: &str) -> TreePss {
+    let t = tree(root);
+    let sidecars: Vec<u32> = t
+        .iter()
+        .filter(|p| p.ppid == root && p.comm.starts_with(sidecar_prefix))
+        .map(|p| p.pid)
+        .collect();
+    let mut out = TreePss::default();
+    for p in &t {
+        let kib = pss_kib(p.pid).unwrap_or_else(|| {
+            out.unreadable += 1;
+            0
+        });
+        *out.by_comm.entry(p.comm.clone()).or_default() += 1;
+        if p.pid == root {
+            out.root_kib += kib;
+        } else if sidecars.contains(&p.pid) {
+            out.sidecar_kib += kib;
+        } else {
+            out.jobs_kib += kib;
+        }
+    }
+    out
+}
+
+/// Kernel memory of all TCP sockets, system-wide (`/proc/net/sockstat`, `TCP: … mem N`
+/// pages), in KiB: the socket buffers a stalled stream fills, which no process's PSS holds.
+pub fn tcp_mem_kib() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = s.lines().find(|l| l.starts_with("TCP:"))?;
+    let mut it = line.split_whitespace();
+    while let Some(w) = it.next() {
+        if w == "mem" {
+            return it.next()?.parse::<u64>().ok().map(|p| p * page_kib());
+        }
+    }
+    None
+}

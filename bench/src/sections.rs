@@ -630,7 +630,7 @@ pub async fn relay(ctx: &Ctx, res: &mut Results) -> anyhow::Result<()> {
 
 /// Opens every URL at once, reads each body's first MiB, and returns the bodies unread
 /// beyond that (plus the first error). A stream not open within `within` is dropped.
-async fn open_stalled(
+pub async fn open_stalled(
     urls: Vec<String>,
     within: Duration,
 ) -> (Vec<hyper::body::Incoming>, Option<String>) {
