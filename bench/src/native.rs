@@ -23,7 +23,7 @@ use futures::StreamExt;
 
 use crate::Ctx;
 use crate::client::{self, Outcome};
-use crate::procs::{self, TreePss};
+use crate::procs::{self, TreeCpu, TreePss};
 use crate::sections::{self, Mode, Results};
 use crate::stats::{fmt_kib, fmt_mbps, fmt_ms, mbps, ms, pct, ratio};
 use crate::systems::{Gateway, Kind, Peer};
@@ -88,6 +88,16 @@ pub struct FbRow {
     pub served: Option<String>,
 }
 
+/// CPU seconds one run cost: the server's tree (gateway, sidecar, its children; the old
+/// service's process), the bench process (client and fixture server), and the children the
+/// bench reaped (curl, yt-dlp).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunCpu {
+    pub server: Option<TreeCpu>,
+    pub bench: f64,
+    pub child: f64,
+}
+
 #[derive(Default, Debug)]
 pub struct NativeResults {
     /// Why the wide gateway is missing, when it is.
@@ -95,6 +105,8 @@ pub struct NativeResults {
     pub pss: Vec<PssRow>,
     pub fb: Vec<FbRow>,
     pub ceiling: BTreeMap<Sys, Vec<Outcome>>,
+    /// CPU spent during each ceiling run, by process.
+    pub ceiling_cpu: BTreeMap<Sys, Vec<RunCpu>>,
     pub wall: Duration,
 }
 
@@ -374,7 +386,18 @@ async fn ceiling(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
     for r in 0..runs {
         for &s in &systems {
             progress(format!("ceiling: {} run {}", s.name(0), r + 1));
+            let pid = pid_of(ctx, s, None);
+            let me = std::process::id();
+            let s0 = pid.map(|p| procs::tree_cpu(p, SIDECAR_COMM));
+            let b0 = procs::cpu_secs(me).unwrap_or_default();
             let o = fetch(ctx, s, &prepared[&s][r], Duration::from_secs(600)).await;
+            let s1 = pid.map(|p| procs::tree_cpu(p, SIDECAR_COMM));
+            let b1 = procs::cpu_secs(me).unwrap_or_default();
+            out.ceiling_cpu.entry(s).or_default().push(RunCpu {
+                server: s0.zip(s1).map(|(a, b)| b.minus(a)),
+                bench: b1.0 - b0.0,
+                child: b1.1 - b0.1,
+            });
             if !o.ok(Some(ctx.big.size)) {
                 ctx.note(format!(
                     "ceiling: {} run {} failed: {}",
@@ -1005,6 +1028,61 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
                 runs.len(),
                 re,
                 rt
+            );
+        }
+        let _ = writeln!(w);
+        let _ = writeln!(
+            w,
+            "CPU seconds per run (mean over the runs; `/proc/PID/stat` utime + stime, a process's reaped children included), against the run's wall time. *bench process* = the measuring client and the fixture server (one process); on 2 cores, *CPU / wall* near 2 means the path is CPU-bound.\n"
+        );
+        let _ = writeln!(
+            w,
+            "| system | wall | gateway (or old service) | sidecar | sidecar's children | bench process | curl / yt-dlp | total CPU | CPU / wall | CPU s per GB |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        let f = |x: f64| format!("{x:.2} s");
+        for (s, cpus) in &n.ceiling_cpu {
+            let k = cpus.len().max(1) as f64;
+            let mean = |g: &dyn Fn(&RunCpu) -> f64| cpus.iter().map(g).sum::<f64>() / k;
+            let runs = &n.ceiling[s];
+            let wall = runs.iter().map(|o| o.elapsed.as_secs_f64()).sum::<f64>() / k;
+            let bytes = runs.iter().map(|o| o.bytes as f64).sum::<f64>() / k;
+            let (root, side, jobs) = (
+                mean(&|c| c.server.map_or(0.0, |t| t.root)),
+                mean(&|c| c.server.map_or(0.0, |t| t.sidecar)),
+                mean(&|c| c.server.map_or(0.0, |t| t.jobs)),
+            );
+            let has_server = cpus.iter().any(|c| c.server.is_some());
+            let (bench, child) = (mean(&|c| c.bench), mean(&|c| c.child));
+            let total = root + side + jobs + bench + child;
+            let _ = writeln!(
+                w,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
+                s.name(wj),
+                f(wall),
+                if has_server { f(root) } else { "–".into() },
+                if *s == Sys::Gateway {
+                    f(side)
+                } else {
+                    "–".into()
+                },
+                if *s == Sys::Gateway {
+                    f(jobs)
+                } else {
+                    "–".into()
+                },
+                f(bench),
+                if matches!(s, Sys::Curl | Sys::Direct) {
+                    f(child)
+                } else {
+                    "–".into()
+                },
+                f(total),
+                if wall > 0.0 { total / wall } else { 0.0 },
+                if bytes > 0.0 {
+                    f(total / (bytes / 1e9))
+                } else {
+                    "–".into()
+                }
             );
         }
         let _ = writeln!(w);

@@ -193,3 +193,60 @@ pub fn tcp_mem_kib() -> Option<u64> {
     }
     None
 }
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// CPU seconds of one process from `/proc/PID/stat`: (its own user + system time, the time
+/// of its children it has waited for).
+pub fn cpu_secs(pid: u32) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let close = stat.rfind(')')?;
+    let rest: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+    // Fields 14–17 (utime, stime, cutime, cstime) are rest[11..15].
+    let f = |i: usize| rest.get(i).and_then(|v| v.parse::<u64>().ok());
+    let hz = clk_tck();
+    Some(((f(11)? + f(12)?) as f64 / hz, (f(13)? + f(14)?) as f64 / hz))
+}
+
+/// CPU seconds of a gateway's tree, split like [`TreeRss`]; every process counts its own
+/// time and that of the children it reaped (pool workers that ended, ffmpeg).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TreeCpu {
+    pub root: f64,
+    pub sidecar: f64,
+    pub jobs: f64,
+}
+
+impl TreeCpu {
+    pub fn minus(self, o: TreeCpu) -> TreeCpu {
+        TreeCpu {
+            root: self.root - o.root,
+            sidecar: self.sidecar - o.sidecar,
+            jobs: self.jobs - o.jobs,
+        }
+    }
+}
+
+pub fn tree_cpu(root: u32, sidecar_prefix: &str) -> TreeCpu {
+    let t = tree(root);
+    let mut out = TreeCpu::default();
+    for p in &t {
+        let Some((own, reaped)) = cpu_secs(p.pid) else {
+            continue;
+        };
+        if p.pid == root {
+            out.root += own;
+            out.jobs += reaped;
+        } else if p.ppid == root && p.comm.starts_with(sidecar_prefix) {
+            out.sidecar += own;
+            out.jobs += reaped;
+        } else {
+            out.jobs += own + reaped;
+        }
+    }
+    out
+}
