@@ -391,15 +391,21 @@ mod tests {
                 sent: 100_000
             })
         ));
-        // Long: the chunk that would pass the declared length never leaves.
+        // Long: the body is complete at its declared length (hyper stops there too); what
+        // follows is never read.
         let two = whole(&[data.clone(), payload(10, 8)]);
         let (got, _, err) = relay_declared(two, 4096, Some(100_000)).await;
-        assert_eq!(got, data, "exactly the declared bytes, then the error");
+        assert_eq!(got, data, "exactly the declared bytes");
+        assert!(err.is_none(), "{err:?}");
+        // A chunk crossing the declared length is refused, not cut.
+        let crossing = whole(&[payload(99_995, 7), payload(10, 8)]);
+        let (got, _, err) = relay_declared(crossing, 4096, Some(100_000)).await;
+        assert_eq!(got.len(), 99_995);
         assert!(matches!(
             err,
             Some(RelayError::Length {
                 declared: 100_000,
-                sent: 100_010
+                sent: 100_005
             })
         ));
     }

@@ -425,21 +425,27 @@ fn harness_machine_namespace_is_untouched() {
 // ---------------------------------------------------------------------------------------
 // With the default policy the public origin streams, by every route the attacks use.
 
-#[test]
-fn public_origin_streams() {
-    netns::run(
-        "public_origin_streams",
-        public_origin_streams_in(Mode::Netns),
-    );
+/// `async fn body(mode: Mode)` as two tests, each in a namespace of its own: `netns` (the
+/// sidecar's default as root) and `proxy` (`--no-netns`).
+macro_rules! in_both_modes {
+    ($netns:ident, $proxy:ident, $body:ident) => {
+        #[test]
+        fn $netns() {
+            netns::run(stringify!($netns), $body(Mode::Netns));
+        }
+
+        #[test]
+        fn $proxy() {
+            netns::run(stringify!($proxy), $body(Mode::Proxy));
+        }
+    };
 }
 
-#[test]
-fn public_origin_streams_in_proxy_mode() {
-    netns::run(
-        "public_origin_streams_in_proxy_mode",
-        public_origin_streams_in(Mode::Proxy),
-    );
-}
+in_both_modes!(
+    public_origin_streams,
+    public_origin_streams_in_proxy_mode,
+    public_origin_streams_in
+);
 
 async fn public_origin_streams_in(mode: Mode) {
     let world = World::start();
@@ -496,24 +502,14 @@ async fn public_origin_streams_in(mode: Mode) {
 // ---------------------------------------------------------------------------------------
 // Each way into the private service is refused with a 4xx problem.
 
-/// Names, hops and ports decided by the sidecar's egress after DNS: a name resolving to
-/// loopback, a name with one public and one private record, a public page redirecting to a
-/// private address or to such names, a public address on a port the rules do not allow.
-#[test]
-fn names_redirects_and_ports_are_refused_by_the_egress() {
-    netns::run(
-        "names_redirects_and_ports_are_refused_by_the_egress",
-        names_redirects_and_ports_in(Mode::Netns),
-    );
-}
-
-#[test]
-fn names_redirects_and_ports_are_refused_by_the_egress_in_proxy_mode() {
-    netns::run(
-        "names_redirects_and_ports_are_refused_by_the_egress_in_proxy_mode",
-        names_redirects_and_ports_in(Mode::Proxy),
-    );
-}
+// Names, hops and ports decided by the sidecar's egress after DNS: a name resolving to
+// loopback, a name with one public and one private record, a public page redirecting to a
+// private address or to such names, a public address on a port the rules do not allow.
+in_both_modes!(
+    names_redirects_and_ports_are_refused_by_the_egress,
+    names_redirects_and_ports_are_refused_by_the_egress_in_proxy_mode,
+    names_redirects_and_ports_in
+);
 
 async fn names_redirects_and_ports_in(mode: Mode) {
     let world = World::start();
@@ -554,23 +550,13 @@ async fn names_redirects_and_ports_in(mode: Mode) {
     assert_all_refused(&world, &gw, attacks).await;
 }
 
-/// Media URLs found inside attacker-controlled content: `<video src>`, `og:video`, HLS
-/// segments, a DASH BaseURL (fetched by yt-dlp or by ffmpeg).
-#[test]
-fn pages_and_manifests_naming_private_urls_are_refused() {
-    netns::run(
-        "pages_and_manifests_naming_private_urls_are_refused",
-        pages_and_manifests_in(Mode::Netns),
-    );
-}
-
-#[test]
-fn pages_and_manifests_naming_private_urls_are_refused_in_proxy_mode() {
-    netns::run(
-        "pages_and_manifests_naming_private_urls_are_refused_in_proxy_mode",
-        pages_and_manifests_in(Mode::Proxy),
-    );
-}
+// Media URLs found inside attacker-controlled content: `<video src>`, `og:video`, HLS
+// segments, a DASH BaseURL (fetched by yt-dlp or by ffmpeg).
+in_both_modes!(
+    pages_and_manifests_naming_private_urls_are_refused,
+    pages_and_manifests_naming_private_urls_are_refused_in_proxy_mode,
+    pages_and_manifests_in
+);
 
 async fn pages_and_manifests_in(mode: Mode) {
     let world = World::start();
@@ -609,24 +595,14 @@ async fn pages_and_manifests_in(mode: Mode) {
     assert_all_refused(&world, &gw, attacks).await;
 }
 
-/// Spellings of internal addresses, refused by the gateway before any job: the URL rule
-/// (userinfo, backslash: 400) and the policy's address check on the canonical host (403),
-/// which also knows the names that are loopback by definition (`localhost`).
-#[test]
-fn url_spellings_of_internal_addresses_are_refused() {
-    netns::run(
-        "url_spellings_of_internal_addresses_are_refused",
-        url_spellings_in(Mode::Netns),
-    );
-}
-
-#[test]
-fn url_spellings_of_internal_addresses_are_refused_in_proxy_mode() {
-    netns::run(
-        "url_spellings_of_internal_addresses_are_refused_in_proxy_mode",
-        url_spellings_in(Mode::Proxy),
-    );
-}
+// Spellings of internal addresses, refused by the gateway before any job: the URL rule
+// (userinfo, backslash: 400) and the policy's address check on the canonical host (403),
+// which also knows the names that are loopback by definition (`localhost`).
+in_both_modes!(
+    url_spellings_of_internal_addresses_are_refused,
+    url_spellings_of_internal_addresses_are_refused_in_proxy_mode,
+    url_spellings_in
+);
 
 async fn url_spellings_in(mode: Mode) {
     let world = World::start();

@@ -200,12 +200,9 @@ async fn resolve_then_stream_every_fixture_kind() {
         let get = blocking(move || curl(&["-H", "Host: media.test"], &l)).await;
         assert_eq!((get.exit, get.status), (0, 200), "{path} -f {id}: {get:?}");
         let (u, f) = (source.clone(), id.to_owned());
-        // The sidecar fetches HLS itself: yt-dlp's own HLS downloader is the reference.
-        let extra = match path.ends_with(".m3u8") {
-            true => &[][..],
-            false => streamgate_sidecar::STREAM_DOWNLOADERS,
-        };
-        let direct = blocking(move || direct_ytdlp(&u, &f, extra)).await;
+        // The sidecar fetches every fixture kind itself: yt-dlp's default downloaders are
+        // the reference.
+        let direct = blocking(move || direct_ytdlp(&u, &f, &[])).await;
         assert_eq!(sha256_hex(&get.body), sha256_hex(&direct), "{path} -f {id}");
         // The same link is bound to its tenant.
         let l = gw.url(link);
