@@ -294,8 +294,9 @@ async fn relay(
         }
         Container::Sniff { audio_only } => pending = Some((meta, audio_only)),
     }
-    // What is already there goes out as one frame: fewer, fuller frames.
-    let mut body = std::pin::pin!(source.body.ready_chunks(64));
+    // Each chunk goes out as it came, without a copy: a stalled client holds one chunk
+    // (at most the fetcher's read buffer) here, not a batch.
+    let mut body = source.body;
     let mut total: u64 = 0;
     loop {
         let next = tokio::select! {
@@ -308,17 +309,11 @@ async fn relay(
             next = body.next() => next,
         };
         let ended = next.is_none();
-        let mut data = BytesMut::new();
-        let mut broke = None;
-        for item in next.into_iter().flatten() {
-            match item {
-                Ok(bytes) => data.extend_from_slice(&bytes),
-                Err(e) => {
-                    broke = Some(e);
-                    break;
-                }
-            }
-        }
+        let (mut data, broke) = match next {
+            Some(Ok(bytes)) => (bytes, None),
+            Some(Err(e)) => (Bytes::new(), Some(e)),
+            None => (Bytes::new(), None),
+        };
         if let Some((mut meta, audio_only)) = pending.take() {
             first.extend_from_slice(&data);
             if let Some(e) = broke {
@@ -336,7 +331,7 @@ async fn relay(
             if !send(tx, rx, Frame::Metadata(meta)).await {
                 return Ok(Outcome::Cancelled { bytes: 0 });
             }
-            data = std::mem::take(&mut first);
+            data = std::mem::take(&mut first).freeze();
         }
         if let Some(max) = want.max_filesize.filter(|m| total + data.len() as u64 > *m) {
             return Ok(fail(tx, over(max), total).await);
@@ -365,9 +360,9 @@ async fn relay(
 }
 
 /// Sends `data` as frames of at most `MAX_DATA_LEN`; false when the client is gone.
-async fn flush(tx: &mut Tx, rx: &mut Rx, mut data: BytesMut, total: &mut u64) -> bool {
+async fn flush(tx: &mut Tx, rx: &mut Rx, mut data: Bytes, total: &mut u64) -> bool {
     while !data.is_empty() {
-        let piece = data.split_to(data.len().min(MAX_DATA_LEN)).freeze();
+        let piece = data.split_to(data.len().min(MAX_DATA_LEN));
         let len = piece.len() as u64;
         if !send(tx, rx, Frame::Data(piece)).await {
             return false;

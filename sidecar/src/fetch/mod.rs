@@ -23,6 +23,9 @@ use url::Url;
 
 use crate::egress::{Egress, EgressError};
 
+/// Most bytes read ahead of the relay per connection: what a stalled client makes the
+/// sidecar hold (hyper's default grows to ≈400 KiB), and plenty for loopback speeds.
+const READ_BUFFER: usize = 64 * 1024;
 /// Redirect hops followed before giving up.
 const MAX_REDIRECTS: usize = 10;
 /// A response head must arrive within this (a body's silence is the caller's stall timeout).
@@ -218,7 +221,9 @@ impl Fetcher {
             }
             _ => Box::new(tcp),
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(READ_BUFFER)
+            .handshake(TokioIo::new(io))
             .await
             .map_err(|e| FetchError::Http(e.to_string()))?;
         let connection = tokio::spawn(async move {
