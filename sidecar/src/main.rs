@@ -17,8 +17,10 @@ struct Args {
     /// Group allowed to connect besides the owner.
     #[arg(long)]
     socket_group: Option<String>,
-    /// Jobs that run at once. With the warm pool a job's start costs a fork, not a Python
-    /// start-up, so this is bounded by memory (≈30 MB per yt-dlp) rather than by CPU.
+    /// Jobs that run at once. A native stream holds its job for its whole length but costs
+    /// well under 1 MiB; what a job costs at its start is a yt-dlp extraction (a warm-pool
+    /// fork, ≈45 ms of CPU), and streams served by yt-dlp's own downloaders keep a yt-dlp
+    /// (≈30 MB) for their length.
     #[arg(long, default_value_t = 32)]
     max_jobs: usize,
     /// Jobs that may wait for a slot; more get `busy`.
