@@ -203,7 +203,10 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 request_id,
                 egress: EgressRules::default(),
                 max_filesize: None,
-                range: Some(ByteRange::From { start: 5, end: None }),
+                range: Some(ByteRange::From {
+                    start: 5,
+                    end: None
+                }),
                 head: false,
             })
         ),

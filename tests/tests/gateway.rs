@@ -519,7 +519,10 @@ async fn sigterm_drains_until_the_deadline_then_stops_everything() {
     let sidecar = gw.sidecar_pid().expect("a sidecar");
     // A single file streams natively: its extraction's yt-dlp is gone by the first byte.
     let jobs = gw.ytdlp_processes();
-    assert!(jobs.is_empty(), "no yt-dlp while the file streams: {jobs:?}");
+    assert!(
+        jobs.is_empty(),
+        "no yt-dlp while the file streams: {jobs:?}"
+    );
 
     let started = Instant::now();
     gw.child().signal(nix::sys::signal::SIGTERM);

@@ -200,7 +200,9 @@ async fn fragment_protocols_are_refused(pool: bool) {
     // Each job had a directory of its own; nothing was ever written into one.
     let touched = watch.touched();
     assert!(
-        touched.iter().all(|t| t.starts_with("job-") && !t.contains('/')),
+        touched
+            .iter()
+            .all(|t| t.starts_with("job-") && !t.contains('/')),
         "the work dir was written to: {touched:?}"
     );
 }
