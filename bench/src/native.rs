@@ -24,7 +24,9 @@ use futures::StreamExt;
 use crate::Ctx;
 use crate::client::{self, Outcome};
 use crate::procs::{self, TreeCpu, TreePss};
-use crate::sections::{self, Mode, Results};
+use crate::sections::{
+    self, Mode, Results, Verdict, median_mbps as e2e, median_transfer_mbps as transfer, met,
+};
 use crate::stats::{fmt_kib, fmt_mbps, fmt_ms, mbps, ms, pct, ratio};
 use crate::systems::{Gateway, Kind, Peer};
 
@@ -594,38 +596,6 @@ async fn pss(ctx: &Ctx, wide: Option<&Gateway>, out: &mut NativeResults) -> anyh
 }
 
 // ---------------------------------------------------------------- report
-
-struct Verdict {
-    target: String,
-    measured: String,
-    verdict: String,
-}
-
-fn met(ok: bool, miss: impl FnOnce() -> String) -> String {
-    if ok {
-        "**met**".into()
-    } else {
-        format!("**missed**: {}", miss())
-    }
-}
-
-fn e2e(v: &[Outcome], expect: u64) -> Option<f64> {
-    let x: Vec<f64> = v
-        .iter()
-        .filter(|o| o.ok(Some(expect)))
-        .map(|o| mbps(o.bytes, o.elapsed))
-        .collect();
-    pct(&x, 50.0)
-}
-
-fn transfer(v: &[Outcome], expect: u64) -> Option<f64> {
-    let x: Vec<f64> = v
-        .iter()
-        .filter(|o| o.ok(Some(expect)))
-        .filter_map(|o| Some(mbps(o.bytes, o.elapsed.checked_sub(o.ttfb?)?)))
-        .collect();
-    pct(&x, 50.0)
-}
 
 fn comms(t: &TreePss) -> String {
     t.by_comm

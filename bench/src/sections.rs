@@ -833,13 +833,14 @@ fn mem_total() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-struct Verdict {
-    target: String,
-    measured: String,
-    verdict: String,
+/// One row of a targets table.
+pub(crate) struct Verdict {
+    pub(crate) target: String,
+    pub(crate) measured: String,
+    pub(crate) verdict: String,
 }
 
-fn met(ok: bool, miss: impl FnOnce() -> String) -> String {
+pub(crate) fn met(ok: bool, miss: impl FnOnce() -> String) -> String {
     if ok {
         "**met**".into()
     } else {
@@ -847,7 +848,7 @@ fn met(ok: bool, miss: impl FnOnce() -> String) -> String {
     }
 }
 
-fn median_mbps(v: &[Outcome], expect: u64) -> Option<f64> {
+pub(crate) fn median_mbps(v: &[Outcome], expect: u64) -> Option<f64> {
     let x: Vec<f64> = v
         .iter()
         .filter(|o| o.ok(Some(expect)))
@@ -856,7 +857,7 @@ fn median_mbps(v: &[Outcome], expect: u64) -> Option<f64> {
     pct(&x, 50.0)
 }
 
-fn median_transfer_mbps(v: &[Outcome], expect: u64) -> Option<f64> {
+pub(crate) fn median_transfer_mbps(v: &[Outcome], expect: u64) -> Option<f64> {
     let x: Vec<f64> = v
         .iter()
         .filter(|o| o.ok(Some(expect)))
