@@ -11,10 +11,10 @@ use streamgate_protocol::{ErrorCode, JobError};
 use tokio::io::AsyncReadExt;
 
 use crate::classify::classify;
+use crate::conn::{Rx, Shared};
 use crate::job::{Peer, peer_event};
 use crate::proc::Proc;
 use crate::sandbox::Sandbox;
-use crate::server::{Rx, Shared};
 
 /// `-J` of a big site can be several MB; more than this is refused rather than buffered.
 const MAX_INFO_JSON: u64 = 32 * 1024 * 1024;

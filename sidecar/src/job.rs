@@ -12,10 +12,10 @@ use tokio::net::unix::pipe;
 use tracing::{debug, info, warn};
 
 use crate::classify::{classify, merge_refused};
+use crate::conn::{Rx, Shared, Tx};
 use crate::native::Want;
 use crate::proc::Proc;
 use crate::sandbox::Sandbox;
-use crate::server::{Rx, Shared, Tx};
 use crate::sniff::sniff;
 
 /// `metadata.served_by` of this path: yt-dlp's own downloaders move the bytes.

@@ -8,8 +8,8 @@ use crate::pool::Pool;
 use crate::proc::Proc;
 use crate::ytdlp::{Place, YtDlp};
 
-/// A pool worker if the pool takes the job, else a spawned yt-dlp. A cached info JSON is
-/// fed through a fresh pipe for each attempt.
+/// A pool worker (waiting while the pool is busy), else — the pool is off, down or stuck —
+/// a spawned yt-dlp. A cached info JSON is fed through a fresh pipe for each attempt.
 pub(crate) async fn start(
     pool: Option<&Pool>,
     ytdlp: &YtDlp,

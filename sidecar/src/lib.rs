@@ -6,6 +6,7 @@
 
 mod cache;
 mod classify;
+mod conn;
 mod egress;
 mod extract;
 mod fetch;
@@ -18,6 +19,7 @@ mod proc;
 mod resolve;
 mod sandbox;
 mod server;
+mod slots;
 mod sniff;
 mod stream;
 mod ytdlp;
@@ -39,9 +41,13 @@ pub struct Config {
     pub socket: PathBuf,
     /// Group that may also connect (socket mode 0660 instead of 0600).
     pub socket_group: Option<String>,
-    /// Jobs that run at once.
+    /// Streams open at once, whatever moves their bytes (each holds memory and sockets).
+    pub max_streams: usize,
+    /// yt-dlp extractions running at once (each a Python worker busy on a CPU).
+    pub max_extractions: usize,
+    /// yt-dlp downloads and ffmpeg merges running at once (each holds processes).
     pub max_jobs: usize,
-    /// Jobs that may wait for a free slot; one more gets `busy`.
+    /// Jobs that may wait for a free slot of each kind; one more gets `busy`.
     pub queue: usize,
     /// How long a queued job waits for a slot before it gets `busy`.
     pub queue_timeout: Duration,

@@ -17,14 +17,22 @@ struct Args {
     /// Group allowed to connect besides the owner.
     #[arg(long)]
     socket_group: Option<String>,
-    /// Jobs that run at once. A native stream holds its job for its whole length but costs
-    /// well under 1 MiB; what a job costs at its start is a yt-dlp extraction (a warm-pool
-    /// fork, ≈45 ms of CPU), and streams served by yt-dlp's own downloaders keep a yt-dlp
-    /// (≈30 MB) for their length.
+    /// Streams open at once, whatever moves their bytes. A stream the sidecar moves itself
+    /// costs memory and sockets only (well under 1 MiB), so the cap is large.
+    #[arg(long, default_value_t = 1024)]
+    max_streams: usize,
+    /// yt-dlp extractions running at once (default: the number of cores + 1). Each is a
+    /// Python worker busy on a CPU (≈45 ms with the warm pool): more at once than cores
+    /// only makes every one of them finish later; the others wait in the queue, in order.
+    #[arg(long)]
+    max_extractions: Option<usize>,
+    /// yt-dlp downloads and ffmpeg merges running at once: the formats the sidecar does not
+    /// fetch itself keep a yt-dlp (≈30 MB) for their length, merges an ffmpeg.
     #[arg(long, default_value_t = 32)]
     max_jobs: usize,
-    /// Jobs that may wait for a slot; more get `busy`.
-    #[arg(long, default_value_t = 64)]
+    /// Jobs that may wait for a slot of each kind (stream, extraction, download or merge);
+    /// more get `busy`.
+    #[arg(long, default_value_t = 1024)]
     queue: usize,
     /// Seconds a queued job waits for a slot before it gets `busy`.
     #[arg(long, default_value_t = 30.0)]
@@ -109,10 +117,20 @@ async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
     if let Err(e) = userns {
         tracing::debug!("no user namespace (network namespaces need root then): {e}");
     }
-    anyhow::ensure!(args.max_jobs > 0, "--max-jobs must be at least 1");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let max_extractions = args.max_extractions.unwrap_or(cores + 1);
+    for (flag, n) in [
+        ("--max-streams", args.max_streams),
+        ("--max-extractions", max_extractions),
+        ("--max-jobs", args.max_jobs),
+    ] {
+        anyhow::ensure!(n > 0, "{flag} must be at least 1");
+    }
     let config = Config {
         socket: args.socket,
         socket_group: args.socket_group,
+        max_streams: args.max_streams,
+        max_extractions,
         max_jobs: args.max_jobs,
         queue: args.queue,
         queue_timeout: secs("queue-timeout", args.queue_timeout)?,

@@ -12,6 +12,7 @@ use streamgate_protocol::{ByteRange, ErrorCode, Frame, JobError, MAX_DATA_LEN, M
 use tracing::info;
 use url::Url;
 
+use crate::conn::{Rx, Shared, Tx};
 use crate::extract::{Format, Selection};
 use crate::fetch::progressive::{Opened, Progressive};
 use crate::fetch::{FetchError, Fetcher, dash, hls};
@@ -20,7 +21,6 @@ use crate::job::{
 };
 use crate::mux;
 use crate::sandbox::Sandbox;
-use crate::server::{Rx, Shared, Tx};
 use crate::sniff::{Sniffed, by_ext, sniff};
 
 /// `metadata.served_by` of this path.

@@ -2,8 +2,11 @@
 //! never written to disk) that imported yt-dlp once and keeps pre-forked workers waiting.
 //! A job sends its argv and the write ends of its pipes over SCM_RIGHTS; the worker that
 //! takes it acks its pid, which is our child (double fork), so the job's [`Proc`] kills its
-//! group and reaps it exactly like a spawned yt-dlp. Down or stuck pool: `None`, and the
-//! caller spawns yt-dlp instead; the supervisor restarts the forkserver with a backoff.
+//! group and reaps it exactly like a spawned yt-dlp. A busy pool (every worker taken, the
+//! socket's queue full, a fork slow under load) is waited for: that is back-pressure, and
+//! the callers' slots (`slots.rs`) keep it short. Only a pool that is down, or stuck (no
+//! worker took any job for a while), gives `None`, and the caller spawns yt-dlp instead;
+//! the supervisor restarts the forkserver with a backoff.
 
 use std::ffi::OsString;
 use std::io::IoSlice;
@@ -35,8 +38,10 @@ const SCRIPT: &str = include_str!("../python/forkserver.py");
 const JOB_FD: i32 = 3;
 /// Import + warm-up; generous for a loaded machine.
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
-/// A worker normally acks in about a millisecond; longer means the pool is stuck.
-const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// A worker normally acks in about a millisecond, later when the machine is busy or jobs
+/// wait for a fresh fork. A job that waited this long while no worker took any job at all
+/// (no ack since it was sent) finds the forkserver stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(10);
 
 /// The pool, shared by every job.
 pub struct Pool {
@@ -47,6 +52,8 @@ pub struct Pool {
     live: Mutex<Option<Arc<AsyncFd<OwnedFd>>>>,
     restart: Notify,
     stop: CancellationToken,
+    /// When a worker last acked a job: the pool's progress.
+    last_ack: Mutex<Instant>,
 }
 
 #[derive(Deserialize)]
@@ -65,6 +72,7 @@ impl Pool {
             live: Mutex::new(None),
             restart: Notify::new(),
             stop: CancellationToken::new(),
+            last_ack: Mutex::new(Instant::now()),
         });
         let (tx, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(Arc::clone(&pool).supervise(tx));
@@ -186,8 +194,8 @@ impl Pool {
         Ok((child, socket))
     }
 
-    /// Runs a job on a pool worker in its `place`; `None` when the pool cannot take it
-    /// (spawn instead).
+    /// Runs a job on a pool worker in its `place`, waiting while the pool is busy; `None`
+    /// when the pool is down or stuck (spawn instead).
     pub async fn run(
         &self,
         args: &[OsString],
@@ -252,18 +260,42 @@ impl Pool {
         let rights = [ControlMessage::ScmRights(&fds)];
         let iov = [IoSlice::new(msg.as_bytes())];
         let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        if let Err(e) = sendmsg::<()>(socket.as_raw_fd(), &iov, &rights, flags, None) {
-            debug!("pool cannot take the job now: {e}");
-            return None;
+        // A full queue (`net.unix.max_dgram_qlen` jobs no worker took yet) is waited out.
+        loop {
+            let writable = tokio::time::timeout_at(self.stuck_at(received), socket.writable());
+            let mut guard = match writable.await {
+                Ok(Ok(guard)) => guard,
+                Ok(Err(e)) => {
+                    debug!("pool cannot take the job: {e}");
+                    return None;
+                }
+                Err(_) if self.stuck(received) => {
+                    self.restart_if_live(&socket, "its job queue stayed full");
+                    return None;
+                }
+                Err(_) => continue,
+            };
+            let sent = guard.try_io(|s| {
+                sendmsg::<()>(s.as_raw_fd(), &iov, &rights, flags, None).map_err(to_io)
+            });
+            match sent {
+                Ok(Ok(_)) => break,
+                Ok(Err(e)) => {
+                    debug!("pool cannot take the job: {e}");
+                    return None;
+                }
+                Err(_would_block) => continue,
+            }
         }
         drop((status_theirs, stdout, stderr, meta, info));
-        let ack = match read_ack(status).await {
+        let ack = match self.read_ack(status, received).await {
             Ok(ack) => ack,
             Err(why) => {
                 self.restart_if_live(&socket, &why);
                 return None;
             }
         };
+        *self.last_ack.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
         let mut now = libc::timespec {
             tv_sec: 0,
             tv_nsec: 0,
@@ -278,30 +310,51 @@ impl Pool {
                 .and_then(|leader| Proc::new(leader, ours)),
         )
     }
-}
 
-/// The worker's `{"pid", "got"}` line. A worker that acks after we gave up is killed by a
-/// background task, so no job runs unseen.
-async fn read_ack(status: std::os::unix::net::UnixStream) -> Result<Ack, String> {
-    status.set_nonblocking(true).map_err(|e| e.to_string())?;
-    let status = tokio::net::UnixStream::from_std(status).map_err(|e| e.to_string())?;
-    let mut reader = BufReader::new(status);
-    let mut line = String::new();
-    match tokio::time::timeout(ACK_TIMEOUT, reader.read_line(&mut line)).await {
-        Ok(Ok(n)) if n > 0 => serde_json::from_str(&line).map_err(|e| e.to_string()),
-        Ok(_) => Err("worker closed the status socket".into()),
-        Err(_) => {
-            tokio::spawn(async move {
-                let late = tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await;
-                if let Ok(ack) = serde_json::from_str::<Ack>(&line) {
-                    warn!(pid = ack.pid, ?late, "killing a late pool worker");
-                    let pid = Pid::from_raw(ack.pid);
-                    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
-                    let _ = tokio::task::spawn_blocking(move || waitpid(pid, None)).await;
+    /// When a job sent at `sent` finds the pool stuck if no worker acks any job before.
+    fn stuck_at(&self, sent: Instant) -> tokio::time::Instant {
+        let last = *self.last_ack.lock().unwrap_or_else(|e| e.into_inner());
+        (last.max(sent) + STUCK_AFTER).into()
+    }
+
+    fn stuck(&self, sent: Instant) -> bool {
+        tokio::time::Instant::now() >= self.stuck_at(sent)
+    }
+
+    /// The worker's `{"pid", "got"}` line, however long a busy pool takes; an error when the
+    /// forkserver is gone (the socket closes) or stuck. A worker that acks after we gave up
+    /// is killed by a background task, so no job runs unseen.
+    async fn read_ack(
+        &self,
+        status: std::os::unix::net::UnixStream,
+        sent: Instant,
+    ) -> Result<Ack, String> {
+        status.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let status = tokio::net::UnixStream::from_std(status).map_err(|e| e.to_string())?;
+        let mut reader = BufReader::new(status);
+        let mut line = String::new();
+        loop {
+            // A partly read line stays in `line`; the next call goes on from there.
+            let read = tokio::time::timeout_at(self.stuck_at(sent), reader.read_line(&mut line));
+            match read.await {
+                Ok(Ok(n)) if n > 0 => {
+                    return serde_json::from_str(&line).map_err(|e| e.to_string());
                 }
-            });
-            Err(format!("no ack within {ACK_TIMEOUT:?}"))
+                Ok(_) => return Err("worker closed the status socket".into()),
+                Err(_) if self.stuck(sent) => break,
+                Err(_) => debug!(waited = ?sent.elapsed(), "pool busy: the job waits for a worker"),
+            }
         }
+        tokio::spawn(async move {
+            let late = tokio::time::timeout(READY_TIMEOUT, reader.read_line(&mut line)).await;
+            if let Ok(ack) = serde_json::from_str::<Ack>(&line) {
+                warn!(pid = ack.pid, ?late, "killing a late pool worker");
+                let pid = Pid::from_raw(ack.pid);
+                let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+                let _ = tokio::task::spawn_blocking(move || waitpid(pid, None)).await;
+            }
+        });
+        Err(format!("no worker took any job for {STUCK_AFTER:?}"))
     }
 }
 

@@ -5,11 +5,11 @@ use serde::Deserialize;
 use streamgate_protocol::{ErrorCode, FormatInfo, Frame, JobError, MediaInfo};
 use tracing::info;
 
+use crate::conn::{Rx, Shared, Tx};
 use crate::extract::{self, Stopped};
 use crate::job::{LAST_FRAME_TIMEOUT, Outcome, fail, peer_ended};
 use crate::proc::Proc;
 use crate::sandbox::Sandbox;
-use crate::server::{Rx, Shared, Tx};
 
 /// Keeps the info frame well under the 1 MiB frame limit.
 const MAX_FORMATS: usize = 1000;

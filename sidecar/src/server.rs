@@ -1,61 +1,35 @@
-//! The socket, the accept loop, the handshake, the job queue and the SIGTERM drain.
+//! The socket, the accept loop, the handshake, a job's admission and the SIGTERM drain.
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::SinkExt;
-use futures::stream::{SplitSink, SplitStream, StreamExt};
+use futures::stream::StreamExt;
 use streamgate_protocol::{
     Connection, EgressMode, EgressRules, ErrorCode, Frame, JobError, ProtocolError, Welcome,
     connection, input, next_frame, server_handshake,
 };
 use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
+use crate::conn::{Rx, Shared, Tx};
 use crate::egress::{Egress, EgressError, Rules, Upstream, netns};
-use crate::job::{self, Outcome};
+use crate::job::{self, Outcome, peer_ended, peer_event};
 use crate::native::Want;
 use crate::pool::Pool;
 use crate::sandbox::Sandbox;
+use crate::slots::{Refused, Slots};
 use crate::ytdlp::YtDlp;
 use crate::{Cache, Config, Error, Netns, launch, resolve, stream};
 
-/// Sending half of a client connection.
-pub(crate) type Tx = SplitSink<Connection<UnixStream>, Frame>;
-/// Receiving half of a client connection.
-pub(crate) type Rx = SplitStream<Connection<UnixStream>>;
-
 /// After the drain deadline, how long a job may take to kill its processes and say so.
 const KILL_GRACE: Duration = Duration::from_secs(1);
-
-/// What every connection task shares.
-pub(crate) struct Shared {
-    pub config: Config,
-    pub ytdlp: YtDlp,
-    /// The warm pool; `None` with `--no-pool` or no Python yt-dlp.
-    pub pool: Option<Arc<Pool>>,
-    /// Resolve results for streams of the same URL.
-    pub cache: Cache,
-    /// Where each job's own directory is made.
-    work_dir: PathBuf,
-    pub welcome: Welcome,
-    /// One permit per running job.
-    slots: Arc<Semaphore>,
-    /// Jobs waiting for a permit (bounded by `config.queue`).
-    waiting: AtomicUsize,
-    next_job: AtomicU64,
-    /// SIGTERM: stop accepting, refuse queued jobs.
-    pub draining: CancellationToken,
-    /// Drain deadline passed: kill running jobs.
-    pub kill_jobs: CancellationToken,
-}
 
 /// A bound, ready sidecar.
 pub struct Server {
@@ -167,11 +141,11 @@ impl Server {
         };
         let listener = bind_socket(&config.socket, config.socket_group.as_deref())?;
         info!(socket = %config.socket.display(), %yt_dlp, work_dir = %work_dir.display(),
+              max_streams = config.max_streams, max_extractions = config.max_extractions,
               max_jobs = config.max_jobs, queue = config.queue, egress = egress.as_str(),
               "sidecar listening");
         let shared = Arc::new(Shared {
-            slots: Arc::new(Semaphore::new(config.max_jobs)),
-            waiting: AtomicUsize::new(0),
+            slots: Slots::new(&config),
             next_job: AtomicU64::new(1),
             welcome: Welcome {
                 version: streamgate_protocol::PROTOCOL_VERSION,
@@ -378,8 +352,8 @@ enum Kind<'a> {
     Resolve,
 }
 
-/// Refuses bad input and URLs the egress refuses, waits for a slot, makes the job's
-/// sandbox and runs the job in it.
+/// Refuses bad input and URLs the egress refuses, waits for a stream slot (streams), makes
+/// the job's sandbox and runs the job in it.
 async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Outcome {
     let Job {
         url,
@@ -407,10 +381,20 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
         };
         return job::fail(tx, JobError::new(code, e.to_string()), 0).await;
     }
-    let _permit = match acquire(shared, rx).await {
-        Slot::Got(p) => p,
-        Slot::Busy(msg) => return job::fail(tx, JobError::new(ErrorCode::Busy, msg), 0).await,
-        Slot::PeerLeft => return Outcome::Cancelled { bytes: 0 },
+    // A stream holds its stream slot for its whole life; what else it holds, and when, is
+    // the stream's business (an extraction, maybe a download or a merge).
+    let _stream = match kind {
+        Kind::Stream { .. } => match shared
+            .slots
+            .streams
+            .enter(&shared.draining, peer_event(rx))
+            .await
+        {
+            Ok(slot) => Some(slot),
+            Err(Refused::Busy(e)) => return job::fail(tx, e, 0).await,
+            Err(Refused::Peer(ev)) => return peer_ended(ev, 0, tx).await,
+        },
+        Kind::Resolve => None,
     };
     let sandbox = match Sandbox::new(&shared.work_dir, shared.welcome.egress, egress) {
         Ok(s) => s,
@@ -436,7 +420,8 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
     }
 }
 
-/// `yt-dlp -J` for a resolve; its answer also fills the extraction cache.
+/// `yt-dlp -J` for a resolve, in an extraction slot; its answer also fills the extraction
+/// cache.
 async fn resolve_job(
     shared: &Shared,
     tenant: Option<&str>,
@@ -445,6 +430,16 @@ async fn resolve_job(
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
+    let _extraction = match shared
+        .slots
+        .extractions
+        .enter(&shared.draining, peer_event(rx))
+        .await
+    {
+        Ok(slot) => slot,
+        Err(Refused::Busy(e)) => return job::fail(tx, e, 0).await,
+        Err(Refused::Peer(ev)) => return peer_ended(ev, 0, tx).await,
+    };
     let job = sandbox.job_args();
     let args = shared.ytdlp.resolve_args(url, &job);
     let place = sandbox.place();
@@ -489,44 +484,4 @@ fn job_egress(rules: &EgressRules) -> Result<Egress, JobError> {
         .transpose()
         .map_err(bad)?;
     Ok(Egress::new(Rules::parse(rules).map_err(bad)?, upstream))
-}
-
-enum Slot {
-    Got(OwnedSemaphorePermit),
-    Busy(String),
-    PeerLeft,
-}
-
-/// A free slot now, or a place in the bounded queue; `busy` when the queue is full, the wait
-/// exceeds `queue_timeout`, or the sidecar starts draining.
-async fn acquire(shared: &Shared, rx: &mut Rx) -> Slot {
-    if let Ok(p) = Arc::clone(&shared.slots).try_acquire_owned() {
-        return Slot::Got(p);
-    }
-    let queued = shared.waiting.fetch_add(1, Ordering::SeqCst);
-    let _leave = Leave(&shared.waiting);
-    if queued >= shared.config.queue {
-        return Slot::Busy(format!(
-            "{} jobs running and {} queued",
-            shared.config.max_jobs, queued
-        ));
-    }
-    tokio::select! {
-        p = Arc::clone(&shared.slots).acquire_owned() => match p {
-            Ok(p) => Slot::Got(p),
-            Err(_) => Slot::Busy("the sidecar is shutting down".into()),
-        },
-        _ = tokio::time::sleep(shared.config.queue_timeout) => Slot::Busy("no free slot within the queue timeout".into()),
-        _ = shared.draining.cancelled() => Slot::Busy("the sidecar is shutting down".into()),
-        _ = job::peer_event(rx) => Slot::PeerLeft,
-    }
-}
-
-/// Leaves the queue however the wait ends.
-struct Leave<'a>(&'a AtomicUsize);
-
-impl Drop for Leave<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-    }
 }

@@ -7,13 +7,14 @@ use std::time::Instant;
 use streamgate_protocol::{ErrorCode, JobError};
 use tracing::{debug, info};
 
+use crate::conn::{Rx, Shared, Tx};
 use crate::extract::{self, Selection, Stopped};
 use crate::fetch::FetchError;
-use crate::job::{self, Outcome, fail, peer_ended};
+use crate::job::{self, Outcome, fail, peer_ended, peer_event};
 use crate::launch;
 use crate::native::{self, Want};
 use crate::sandbox::Sandbox;
-use crate::server::{Rx, Shared, Tx};
+use crate::slots::{Refused, Slot};
 
 /// One stream request.
 pub(crate) struct Spec<'a> {
@@ -62,7 +63,18 @@ pub(crate) async fn run(
         if !selection.native() {
             return with_ytdlp(shared, &spec, &json, sandbox, tx, rx).await;
         }
-        match native::run(shared, sandbox, &selection, spec.want, tx, rx).await {
+        let ran = {
+            // Several formats are merged by an ffmpeg: a process slot while it runs.
+            let _merge = match selection.formats.len() > 1 && !spec.want.head {
+                true => match process_slot(shared, tx, rx).await {
+                    Ok(slot) => Some(slot),
+                    Err(outcome) => return outcome,
+                },
+                false => None,
+            };
+            native::run(shared, sandbox, &selection, spec.want, tx, rx).await
+        };
+        match ran {
             Ok(outcome) => return outcome,
             Err(FetchError::Unsupported(why)) => {
                 info!(%why, "not for the native fetcher: yt-dlp's downloader instead");
@@ -78,7 +90,8 @@ pub(crate) async fn run(
     }
 }
 
-/// `yt-dlp -J -f FORMAT`, from a resolve's cached info when there is one.
+/// `yt-dlp -J -f FORMAT` in an extraction slot, from a resolve's cached info when there is
+/// one.
 async fn extraction(
     shared: &Shared,
     spec: &Spec<'_>,
@@ -92,6 +105,16 @@ async fn extraction(
             "extraction cache hit: no network for the extraction"
         );
     }
+    let _extraction = match shared
+        .slots
+        .extractions
+        .enter(&shared.draining, peer_event(rx))
+        .await
+    {
+        Ok(slot) => slot,
+        Err(Refused::Busy(e)) => return Err(Stopped::Failed(e)),
+        Err(Refused::Peer(ev)) => return Err(Stopped::Peer(ev)),
+    };
     let job = sandbox.job_args();
     let args = shared
         .ytdlp
@@ -111,7 +134,8 @@ async fn extraction(
 }
 
 /// Formats the sidecar does not fetch itself (merges, HLS, DASH, …): yt-dlp's downloaders,
-/// on the extraction's JSON. Sent whole: such a stream cannot be cut at a byte offset.
+/// on the extraction's JSON, in a process slot. Sent whole: such a stream cannot be cut at
+/// a byte offset.
 async fn with_ytdlp(
     shared: &Shared,
     spec: &Spec<'_>,
@@ -120,6 +144,10 @@ async fn with_ytdlp(
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
+    let _download = match process_slot(shared, tx, rx).await {
+        Ok(slot) => slot,
+        Err(outcome) => return outcome,
+    };
     let job = sandbox.job_args();
     let args = shared.ytdlp.stream_args(spec.url, spec.format, true, &job);
     let place = sandbox.place();
@@ -146,4 +174,18 @@ async fn with_ytdlp(
         "yt-dlp download started"
     );
     job::run(shared, proc, spec.started, sandbox, spec.want, tx, rx).await
+}
+
+/// A process slot (`--max-jobs`), or how the job ended without one.
+async fn process_slot(shared: &Shared, tx: &mut Tx, rx: &mut Rx) -> Result<Slot, Outcome> {
+    match shared
+        .slots
+        .processes
+        .enter(&shared.draining, peer_event(rx))
+        .await
+    {
+        Ok(slot) => Ok(slot),
+        Err(Refused::Busy(e)) => Err(fail(tx, e, 0).await),
+        Err(Refused::Peer(ev)) => Err(peer_ended(ev, 0, tx).await),
+    }
 }
