@@ -6,6 +6,7 @@ mod client;
 mod fixtures;
 mod native;
 mod procs;
+mod report;
 mod sections;
 mod stats;
 mod systems;
@@ -398,10 +399,11 @@ async fn run() -> anyhow::Result<()> {
     }
     let load_after = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
 
-    let md = sections::render(
+    let md = report::render(
         &ctx,
         &res,
-        &sections::RunFacts {
+        &native_res,
+        &report::RunFacts {
             date: date.clone(),
             time,
             load_before,
@@ -411,15 +413,6 @@ async fn run() -> anyhow::Result<()> {
             gateway_log,
         },
     );
-    // Issue 10's block goes first, before the older sections' targets.
-    let md = match native::render(&ctx, &res, &native_res).as_str() {
-        "" => md,
-        block => md.replacen(
-            "## Targets (reported, not asserted)",
-            &format!("{block}## Other targets (reported, not asserted)"),
-            1,
-        ),
-    };
     match args.out.as_deref() {
         Some(p) if p.as_os_str() == "-" => println!("{md}"),
         other => {

@@ -7,6 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use streamgate_testkit::net::free_port;
+use streamgate_testkit::serve::Serve;
 use tokio::process::{Child, Command};
 
 use crate::client::{self, Outcome};
@@ -39,12 +41,6 @@ pub fn qenc(s: &str) -> String {
         }
     }
     o
-}
-
-pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// Waits until `GET base+path` answers 200.
@@ -115,17 +111,15 @@ impl Gateway {
         std::fs::create_dir_all(state_dir)?;
         let port = free_port()?;
         let logf = std::fs::File::create(log)?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("serve")
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--state-dir")
-            .arg(state_dir);
-        match config {
-            Some(c) => cmd.arg("--config").arg(c),
-            None => cmd.arg("--allow-private-urls"),
+        let serve = Serve {
+            listen: format!("127.0.0.1:{port}"),
+            state_dir: state_dir.to_path_buf(),
+            config: config.map(Path::to_path_buf),
+            allow_private_urls: config.is_none(),
+            extra: extra.to_vec(),
+            ..Serve::default()
         };
-        cmd.args(extra);
+        let mut cmd = Command::from(serve.command(bin));
         cmd.stdin(Stdio::null())
             .stdout(logf.try_clone()?)
             .stderr(logf)

@@ -2,12 +2,12 @@
 //! port, with a temp state dir and its log in a file; stopped with SIGTERM on drop.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use streamgate_testkit::serve::{Serve, listening_url};
 
 use crate::paths::{release_bin, yt_dlp};
 use crate::process::{ChildGuard, ProcInfo, descendants};
@@ -61,25 +61,18 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("gateway temp dir");
         let state_dir = dir.path().join("state");
         release_bin("streamgate-sidecar");
-        let mut cmd = Command::new(release_bin("streamgate"));
-        let listen = opts.listen.as_deref().unwrap_or("127.0.0.1:0");
-        cmd.args(["serve", "--listen", listen, "--state-dir"])
-            .arg(&state_dir)
-            .arg("--yt-dlp")
-            .arg(yt_dlp());
-        if let Some(config) = &opts.config {
-            cmd.arg("--config").arg(config);
-        }
-        if opts.allow_private_urls {
-            cmd.arg("--allow-private-urls");
-        }
-        for arg in &opts.sidecar_args {
-            cmd.arg(format!("--sidecar-arg={arg}"));
-        }
-        if let Some(secs) = opts.drain_secs {
-            cmd.arg("--drain-secs").arg(secs.to_string());
-        }
-        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
+        let serve = Serve {
+            listen: opts.listen.unwrap_or_else(|| "127.0.0.1:0".to_owned()),
+            state_dir: state_dir.clone(),
+            config: opts.config,
+            allow_private_urls: opts.allow_private_urls,
+            yt_dlp: Some(yt_dlp()),
+            sidecar_args: opts.sidecar_args,
+            drain_secs: opts.drain_secs,
+            extra: Vec::new(),
+        };
+        let mut cmd = serve.command(&release_bin("streamgate"));
+        cmd.envs(opts.env);
         Gateway::spawn(cmd, dir, state_dir).await
     }
 
@@ -129,12 +122,8 @@ impl Gateway {
     async fn wait_listening(&mut self, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
-            let file = std::fs::File::open(&self.log).expect("open gateway log");
-            for line in BufReader::new(file).lines().map_while(Result::ok) {
-                if let Some(at) = line.find("listening on http://") {
-                    let url = line[at + "listening on ".len()..].split_whitespace().next();
-                    return url.expect("an address").to_owned();
-                }
+            if let Some(url) = listening_url(&self.logs()) {
+                return url;
             }
             if let Some(status) = self.child.try_wait() {
                 panic!(
@@ -223,13 +212,7 @@ impl Gateway {
 
     /// The gateway's resident memory in KiB (`VmRSS` of `/proc/PID/status`).
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        streamgate_testkit::procfs::status_kib(self.pid(), "VmRSS").unwrap_or(0)
     }
 
     /// Everything logged so far by the gateway and its sidecar.

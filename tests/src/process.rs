@@ -1,12 +1,14 @@
-//! Child processes that cannot outlive a failed test, and a view of live processes from
-//! `/proc` for "nothing left behind" assertions.
+//! Child processes that cannot outlive a failed test. The view of live processes from
+//! `/proc` (for "nothing left behind" assertions) is `streamgate_testkit::procfs`, shared
+//! with the bench and re-exported here.
 
-use std::collections::HashMap;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+
+pub use streamgate_testkit::procfs::{ProcInfo, all_processes, descendants, in_group};
 
 /// A spawned child: SIGKILLed and reaped on drop (a panicking test leaks nothing).
 pub struct ChildGuard {
@@ -74,104 +76,18 @@ impl Drop for ChildGuard {
     }
 }
 
-/// One process as `/proc/PID/stat` describes it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ProcInfo {
-    /// Process id.
-    pub pid: i32,
-    /// Parent process id.
-    pub ppid: i32,
-    /// Process group id.
-    pub pgid: i32,
-    /// `comm`: the executable's name, at most 15 bytes (`yt-dlp`, `ffmpeg`).
-    pub comm: String,
-    /// State letter: `R`, `S`, `D`, `Z` (zombie, exited but not reaped), …
-    pub state: char,
-}
-
-/// Every process on the machine (those that vanish while being read are skipped).
-pub fn all_processes() -> Vec<ProcInfo> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            parse_stat(
-                pid,
-                &std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?,
-            )
-        })
-        .collect()
-}
-
-/// `pid (comm) S ppid pgrp …`; comm may itself contain spaces and parentheses.
-fn parse_stat(pid: i32, stat: &str) -> Option<ProcInfo> {
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat[open + 1..close].to_owned();
-    let mut rest = stat[close + 1..].split_whitespace();
-    let state = rest.next()?.chars().next()?;
-    let ppid = rest.next()?.parse().ok()?;
-    let pgid = rest.next()?.parse().ok()?;
-    Some(ProcInfo {
-        pid,
-        ppid,
-        pgid,
-        comm,
-        state,
-    })
-}
-
-/// Every process below `root` (children, grandchildren, …), zombies included: a zombie is
-/// a leftover too. The sidecar is a child subreaper, so orphans of its jobs stay below it.
-pub fn descendants(root: u32) -> Vec<ProcInfo> {
-    let all = all_processes();
-    let mut children: HashMap<i32, Vec<&ProcInfo>> = HashMap::new();
-    for p in &all {
-        children.entry(p.ppid).or_default().push(p);
-    }
-    let mut out = Vec::new();
-    let mut stack = vec![root as i32];
-    while let Some(pid) = stack.pop() {
-        for child in children.get(&pid).into_iter().flatten() {
-            out.push((*child).clone());
-            stack.push(child.pid);
-        }
-    }
-    out
-}
-
-/// Processes anywhere on the machine in process group `pgid`.
-pub fn in_group(pgid: i32) -> Vec<ProcInfo> {
-    all_processes()
-        .into_iter()
-        .filter(|p| p.pgid == pgid)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn parses_comm_with_spaces_and_parens() {
-        let p = parse_stat(42, "42 (a (b) c) S 7 42 42 0 -1").unwrap();
-        assert_eq!(
-            (p.comm.as_str(), p.state, p.ppid, p.pgid),
-            ("a (b) c", 'S', 7, 42)
-        );
-    }
-
-    #[test]
-    fn sees_its_own_children() {
+    fn a_guarded_child_is_gone_after_drop() {
         let mut cmd = Command::new("sleep");
         cmd.arg("30");
         let child = ChildGuard::spawn(cmd, "sleep").unwrap();
-        let mine = descendants(std::process::id());
-        assert!(
-            mine.iter()
-                .any(|p| p.pid == child.pid() as i32 && p.comm == "sleep"),
-            "{mine:?}"
-        );
+        let pid = child.pid() as i32;
+        assert!(descendants(std::process::id()).iter().any(|p| p.pid == pid));
+        drop(child);
+        assert!(!descendants(std::process::id()).iter().any(|p| p.pid == pid));
     }
 }

@@ -20,7 +20,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts one and waits until it answers `PING`.
     pub fn start() -> RedisServer {
-        let port = free_port();
+        let port = streamgate_testkit::net::free_port().expect("a free port");
         let dir = tempfile::tempdir().expect("redis temp dir");
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
@@ -77,12 +77,6 @@ impl RedisServer {
     pub fn stop(&mut self) {
         drop(self.child.take());
     }
-}
-
-/// A port nothing listens on right now (the kernel's pick, released at once).
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
 }
 
 /// The limits of one tenant of [`two_tenants`], as TOML inline-table fields

@@ -166,13 +166,7 @@ impl Sidecar {
 
     /// The sidecar's resident memory in KiB, from `/proc/PID/status`.
     pub fn rss_kib(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        streamgate_testkit::procfs::status_kib(self.pid(), "VmRSS").unwrap_or(0)
     }
 }
 
