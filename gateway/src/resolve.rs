@@ -134,6 +134,7 @@ async fn resolve(
     tracing::info!(tenant = %tenant.id, url = %wanted.url, "resolve");
     let job = ResolveJob {
         url: wanted.url.clone(),
+        format: Some(wanted.format.clone()),
         tenant: Some(tenant.id.clone()),
         request_id: Some(request_id.to_owned()),
         egress: tenant.egress.clone(),

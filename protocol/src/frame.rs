@@ -189,6 +189,10 @@ impl ByteRange {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResolveJob {
     pub url: String,
+    /// The selector the answer's `stream_url` streams with: the sidecar selects it in the
+    /// same yt-dlp run and caches the choice, so that stream starts without yt-dlp.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -210,9 +210,10 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 head: false,
             })
         ),
-        (any::<String>(), opt_string(), opt_string()).prop_map(|(url, tenant, request_id)| {
-            Frame::Resolve(ResolveJob {
+        (any::<String>(), opt_string(), opt_string(), opt_string()).prop_map(
+            |(url, format, tenant, request_id)| Frame::Resolve(ResolveJob {
                 url,
+                format,
                 tenant,
                 request_id,
                 egress: EgressRules {
@@ -221,7 +222,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     ..EgressRules::default()
                 },
             })
-        }),
+        ),
         (
             any::<String>(),
             any::<String>(),

@@ -132,6 +132,17 @@ pub(crate) struct HlsInfo {
 }
 
 impl HlsInfo {
+    /// yt-dlp drops a format before selecting when its `has_drm` is truthy but not "maybe".
+    fn drm_dropped(&self) -> bool {
+        use serde_json::Value;
+        match &self.has_drm {
+            None | Some(Value::Null | Value::Bool(false)) => false,
+            Some(Value::String(s)) => !s.is_empty() && s != "maybe",
+            Some(Value::Number(n)) => n.as_f64() != Some(0.0),
+            Some(_) => true,
+        }
+    }
+
     /// Why the sidecar's own HLS fetcher would not give yt-dlp's bytes, if it would not.
     pub fn refusal(&self) -> Option<&'static str> {
         let set = |v: &Option<serde_json::Value>| v.is_some();
@@ -166,6 +177,50 @@ struct Raw {
     entries: Vec<Raw>,
 }
 
+/// A resolve's info (`-J`): every format the URL offers.
+#[derive(Debug, Deserialize)]
+struct RawInfo {
+    title: Option<String>,
+    is_live: Option<bool>,
+    formats: Option<Vec<IdFormat>>,
+    #[serde(default)]
+    entries: Vec<RawInfo>,
+}
+
+#[derive(Debug, Deserialize)]
+struct IdFormat {
+    format_id: Option<String>,
+    /// yt-dlp leaves out formats whose `is_from_start` differs from what it wants.
+    is_from_start: Option<serde_json::Value>,
+    #[serde(flatten)]
+    format: Format,
+}
+
+/// File extensions yt-dlp's selector reads as "best of this extension", not as a
+/// `format_id` (`YoutubeDL._format_selection_exts`: common video, audio and storyboards).
+const SELECTOR_EXTS: &[&str] = &[
+    "avi", "flv", "mkv", "mov", "mp4", "webm", "3gp", "aiff", "alac", "flac", "m4a", "mka", "mp3",
+    "ogg", "opus", "wav", "mhtml",
+];
+
+/// Whether yt-dlp reads `selector` as one exact `format_id` (`build_format_selector`: a
+/// single atom that is not `all`, `mergeall`, `b`/`best`/`w`/`worst` with a type, nor an
+/// extension). Only letters, digits, `-` and `_`: every operator and filter is left out.
+fn is_format_id(selector: &str) -> bool {
+    let best_worst = ["best", "worst", "b", "w"].iter().any(|bw| {
+        selector
+            .strip_prefix(bw)
+            .is_some_and(|t| ["", "video", "audio", "v", "a"].contains(&t))
+    });
+    !selector.is_empty()
+        && selector
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && !best_worst
+        && !["all", "mergeall"].contains(&selector)
+        && !SELECTOR_EXTS.contains(&selector)
+}
+
 /// What a stream's extraction chose.
 #[derive(Debug)]
 pub(crate) struct Selection {
@@ -186,6 +241,35 @@ impl Selection {
         Ok(Selection {
             title: raw.title,
             formats,
+        })
+    }
+
+    /// What `yt-dlp --load-info-json INFO -f SELECTOR` chooses when the selector is one
+    /// exact `format_id`: the last format of that id (yt-dlp's order, best last; ids are
+    /// unique after its processing), of those it would consider (no DRM). `None` for any other
+    /// selector, an info without a format list, or no such format: yt-dlp decides those.
+    pub fn by_format_id(info: &[u8], selector: &str) -> Option<Selection> {
+        if !is_format_id(selector) {
+            return None;
+        }
+        let mut raw: RawInfo = serde_json::from_slice(info).ok()?;
+        while !raw.entries.is_empty() {
+            raw = raw.entries.swap_remove(0);
+        }
+        let formats = raw.formats?;
+        if formats.iter().any(|f| f.is_from_start.is_some()) {
+            return None;
+        }
+        let mut chosen = formats
+            .into_iter()
+            .rev()
+            .filter(|f| !f.format.hls.drm_dropped())
+            .find(|f| f.format_id.as_deref() == Some(selector))?
+            .format;
+        chosen.hls.is_live = raw.is_live;
+        Some(Selection {
+            title: raw.title,
+            formats: vec![chosen],
         })
     }
 
@@ -233,6 +317,105 @@ mod tests {
         assert!(!Selection::parse(ism).unwrap().native());
         let page = br#"{"_type":"playlist","entries":[{"title":"E","url":"http://a/1.mp4","protocol":"http"}]}"#;
         assert_eq!(Selection::parse(page).unwrap().title.as_deref(), Some("E"));
+    }
+
+    #[test]
+    fn exact_format_ids_only() {
+        for id in [
+            "18",
+            "hls-1080p",
+            "dash_v1",
+            "f4",
+            "0",
+            "bestx",
+            "mp4a",
+            "wa1",
+        ] {
+            assert!(is_format_id(id), "{id}");
+        }
+        let selectors = [
+            "",
+            "b",
+            "best",
+            "bv",
+            "bestaudio",
+            "w",
+            "worstvideo",
+            "wa",
+            "all",
+            "mergeall",
+            "mp4",
+            "m4a",
+            "webm",
+            "mhtml",
+            "b*",
+            "bv*+ba",
+            "18/22",
+            "18+140",
+            "22,18",
+            "best[height<=720]",
+            "b.2",
+            "(18)",
+            "18 ",
+            "é",
+        ];
+        for s in selectors {
+            assert!(!is_format_id(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn format_id_chosen_from_a_resolve() {
+        let info = br#"{"title":"T","is_live":false,"url":"http://a/best","format_id":"2",
+            "formats":[
+                {"format_id":"1","url":"http://a/1","protocol":"https","ext":"mp4",
+                 "http_headers":{"Referer":"r"},"cookies":"c=1; Domain=a","filesize":10},
+                {"format_id":"d","url":"http://a/d","protocol":"https","has_drm":true},
+                {"format_id":"m","url":"http://a/m","protocol":"https","has_drm":"maybe"},
+                {"format_id":"2","url":"http://a/2","protocol":"m3u8_native"}]}"#;
+        let s = Selection::by_format_id(info, "1").unwrap();
+        assert_eq!(s.title.as_deref(), Some("T"));
+        let f = &s.formats[0];
+        assert_eq!(f.url.as_deref(), Some("http://a/1"));
+        assert_eq!(f.http_headers["Referer"], "r");
+        assert_eq!(f.cookies.as_deref(), Some("c=1; Domain=a"));
+        assert_eq!(f.filesize, Some(10));
+        assert!(s.native());
+        assert!(
+            Selection::by_format_id(info, "d").is_none(),
+            "DRM: left out"
+        );
+        assert!(
+            Selection::by_format_id(info, "m").is_some(),
+            "DRM maybe: kept"
+        );
+        assert!(
+            Selection::by_format_id(info, "9").is_none(),
+            "no such id: yt-dlp says"
+        );
+        assert!(
+            Selection::by_format_id(info, "best").is_none(),
+            "yt-dlp selects"
+        );
+        let live = br#"{"is_live":true,"formats":[{"format_id":"h","url":"http://a/h.m3u8",
+            "protocol":"m3u8_native"}]}"#;
+        let s = Selection::by_format_id(live, "h").unwrap();
+        assert_eq!(
+            s.formats[0].hls.refusal(),
+            Some("a live stream"),
+            "is_live is the info's"
+        );
+        let page = br#"{"_type":"playlist","entries":[{"title":"E","formats":[
+            {"format_id":"x","url":"http://a/x","protocol":"http"}]}]}"#;
+        assert_eq!(
+            Selection::by_format_id(page, "x").unwrap().title.as_deref(),
+            Some("E")
+        );
+        let single = br#"{"url":"http://a/v.mp4","format_id":"0","protocol":"http"}"#;
+        assert!(
+            Selection::by_format_id(single, "0").is_none(),
+            "no format list"
+        );
     }
 
     #[test]

@@ -1,14 +1,15 @@
-//! A resolve job: `yt-dlp -J`, trimmed to what a client needs to pick a format.
+//! A resolve job: `yt-dlp -J`, trimmed to what a client needs to pick a format; the format
+//! the client will stream is chosen in the same run, so that stream needs no yt-dlp.
 
 use futures::SinkExt;
 use serde::Deserialize;
 use streamgate_protocol::{ErrorCode, FormatInfo, Frame, JobError, MediaInfo};
-use tracing::info;
+use tracing::{error, info};
 
 use crate::conn::{Rx, Shared, Tx};
 use crate::extract::{self, Stopped};
 use crate::job::{LAST_FRAME_TIMEOUT, Outcome, fail, peer_ended};
-use crate::proc::Proc;
+use crate::launch;
 use crate::sandbox::Sandbox;
 
 /// Keeps the info frame well under the 1 MiB frame limit.
@@ -38,19 +39,37 @@ struct RawFormat {
     protocol: Option<String>,
 }
 
-/// Runs `-J`, answers `info` or `error`.
-pub async fn run(
+/// What a resolve asks for.
+pub(crate) struct Request<'a> {
+    pub tenant: Option<&'a str>,
+    pub url: &'a str,
+    /// The selector the client will stream with: chosen in the same run and cached.
+    pub format: Option<&'a str>,
+}
+
+/// Runs `-J -f FORMAT` (plain `-J` again if the selector matches no format), answers `info`
+/// or `error`. The info is cached by URL, and by URL + selector when it holds the choice.
+pub(crate) async fn run(
     shared: &Shared,
-    proc: Proc,
-    key: (Option<&str>, &str),
+    job: Request<'_>,
     sandbox: &Sandbox,
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
-    let json = match extract::read_json(shared, proc, sandbox, rx).await {
-        Ok(json) => json,
-        Err(Stopped::Failed(e)) => return fail(tx, e, 0).await,
-        Err(Stopped::Peer(ev)) => return peer_ended(ev, 0, tx).await,
+    let mut format = job.format;
+    let json = loop {
+        match extraction(shared, job.url, format, sandbox, rx).await {
+            Ok(json) => break bytes::Bytes::from(json),
+            // What the URL offers is still the answer; the stream reports its selector.
+            Err(Stopped::Failed(e))
+                if format.is_some() && e.code == ErrorCode::FormatUnavailable =>
+            {
+                info!(%e, "the stream's selector chose nothing: resolving without it");
+                format = None;
+            }
+            Err(Stopped::Failed(e)) => return fail(tx, e, 0).await,
+            Err(Stopped::Peer(ev)) => return peer_ended(ev, 0, tx).await,
+        }
     };
     match serde_json::from_slice::<RawInfo>(&json) {
         Ok(mut raw) => {
@@ -58,7 +77,12 @@ pub async fn run(
                 raw = raw.entries.swap_remove(0);
             }
             let info = trim(raw);
-            shared.cache.put(key.0, key.1, json.into());
+            shared.cache.put(job.tenant, job.url, json.clone());
+            if let Some(format) = format {
+                shared
+                    .cache
+                    .put(job.tenant, &extract::key(job.url, format), json);
+            }
             info!(formats = info.formats.len(), "resolved");
             let _ = tokio::time::timeout(LAST_FRAME_TIMEOUT, tx.send(Frame::Info(info))).await;
             Outcome::Done { bytes: 0 }
@@ -72,6 +96,26 @@ pub async fn run(
             .await
         }
     }
+}
+
+/// One `-J` run on a pool worker (or a spawned yt-dlp).
+async fn extraction(
+    shared: &Shared,
+    url: &str,
+    format: Option<&str>,
+    sandbox: &Sandbox,
+    rx: &mut Rx,
+) -> Result<Vec<u8>, Stopped> {
+    let args = shared.ytdlp.resolve_args(url, format, &sandbox.job_args());
+    let pool = shared.pool.as_deref();
+    let proc = launch::start(pool, &shared.ytdlp, args, false, None, sandbox.place())
+        .await
+        .map_err(|e| {
+            error!("{e}");
+            Stopped::Failed(JobError::new(ErrorCode::Internal, e.to_string()))
+        })?;
+    tracing::Span::current().record("pgid", proc.pgid());
+    extract::read_json(shared, proc, sandbox, rx).await
 }
 
 fn trim(raw: RawInfo) -> MediaInfo {

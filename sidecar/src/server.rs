@@ -26,7 +26,7 @@ use crate::pool::Pool;
 use crate::sandbox::Sandbox;
 use crate::slots::{Refused, Slots};
 use crate::ytdlp::YtDlp;
-use crate::{Cache, Config, Error, Netns, launch, resolve, stream};
+use crate::{Cache, Config, Error, Netns, resolve, stream};
 
 /// After the drain deadline, how long a job may take to kill its processes and say so.
 const KILL_GRACE: Duration = Duration::from_secs(1);
@@ -264,7 +264,7 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
             }
             Ok(Frame::Resolve(j)) => {
                 record(&j.tenant, &j.request_id);
-                ("resolve", j.url, None, j.tenant, j.egress, None)
+                ("resolve", j.url, j.format, j.tenant, j.egress, None)
             }
             Ok(Frame::Cancel) | Err(ProtocolError::Closed { .. }) => return,
             Ok(other) => {
@@ -284,7 +284,7 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
         let job = async {
             let kind = match (format.as_deref(), want) {
                 (Some(format), Some(want)) => Kind::Stream { format, want },
-                _ => Kind::Resolve,
+                (format, _) => Kind::Resolve { format },
             };
             let job = Job {
                 url: &url,
@@ -349,7 +349,7 @@ struct Job<'a> {
 /// The two kinds of job.
 enum Kind<'a> {
     Stream { format: &'a str, want: Want },
-    Resolve,
+    Resolve { format: Option<&'a str> },
 }
 
 /// Refuses bad input and URLs the egress refuses, waits for a stream slot (streams), makes
@@ -364,7 +364,7 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
     } = job;
     let format = match kind {
         Kind::Stream { format, .. } => Some(format),
-        Kind::Resolve => None,
+        Kind::Resolve { format } => format,
     };
     if let Err(e) = check_input(url, format) {
         return job::fail(tx, e, 0).await;
@@ -394,7 +394,7 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
             Err(Refused::Busy(e)) => return job::fail(tx, e, 0).await,
             Err(Refused::Peer(ev)) => return peer_ended(ev, 0, tx).await,
         },
-        Kind::Resolve => None,
+        Kind::Resolve { .. } => None,
     };
     let sandbox = match Sandbox::new(&shared.work_dir, shared.welcome.egress, egress) {
         Ok(s) => s,
@@ -416,16 +416,21 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
             };
             stream::run(shared, spec, &sandbox, tx, rx).await
         }
-        Kind::Resolve => resolve_job(shared, tenant, url, &sandbox, tx, rx).await,
+        Kind::Resolve { format } => {
+            let job = resolve::Request {
+                tenant,
+                url,
+                format,
+            };
+            resolve_job(shared, job, &sandbox, tx, rx).await
+        }
     }
 }
 
-/// `yt-dlp -J` for a resolve, in an extraction slot; its answer also fills the extraction
-/// cache.
+/// A resolve in an extraction slot; its answer also fills the extraction cache.
 async fn resolve_job(
     shared: &Shared,
-    tenant: Option<&str>,
-    url: &str,
+    job: resolve::Request<'_>,
     sandbox: &Sandbox,
     tx: &mut Tx,
     rx: &mut Rx,
@@ -440,20 +445,7 @@ async fn resolve_job(
         Err(Refused::Busy(e)) => return job::fail(tx, e, 0).await,
         Err(Refused::Peer(ev)) => return peer_ended(ev, 0, tx).await,
     };
-    let job = sandbox.job_args();
-    let args = shared.ytdlp.resolve_args(url, &job);
-    let place = sandbox.place();
-    let pool = shared.pool.as_deref();
-    match launch::start(pool, &shared.ytdlp, args, false, None, place).await {
-        Ok(proc) => {
-            tracing::Span::current().record("pgid", proc.pgid());
-            resolve::run(shared, proc, (tenant, url), sandbox, tx, rx).await
-        }
-        Err(e) => {
-            error!("{e}");
-            job::fail(tx, JobError::new(ErrorCode::Internal, e.to_string()), 0).await
-        }
-    }
+    resolve::run(shared, job, sandbox, tx, rx).await
 }
 
 /// Input yt-dlp must never see: the gateway's URL and format rules, applied again (a URL

@@ -36,30 +36,34 @@ pub(crate) async fn run(
     let key = extract::key(spec.url, spec.format);
     let mut retried = false;
     loop {
-        let cached = match retried {
-            false => shared.cache.get(spec.tenant, &key),
+        let found = match retried {
+            false => cached(shared, &spec, &key),
             true => None,
         };
-        let from_cache = cached.is_some();
-        let json = match cached {
-            Some(json) => json,
+        let from_cache = found.is_some();
+        let (json, parsed) = match found {
+            Some(found) => found,
             None => match extraction(shared, &spec, sandbox, rx).await {
-                Ok(json) => bytes::Bytes::from(json),
+                Ok(json) => {
+                    let json = bytes::Bytes::from(json);
+                    let parsed = Selection::parse(&json);
+                    if parsed.is_ok() {
+                        shared.cache.put(spec.tenant, &key, json.clone());
+                    }
+                    (json, parsed)
+                }
                 Err(Stopped::Failed(e)) => return fail(tx, e, 0).await,
                 Err(Stopped::Peer(ev)) => return peer_ended(ev, 0, tx).await,
             },
         };
         debug!(ms = job::ms(spec.started), from_cache, "extracted");
-        let selection = match Selection::parse(&json) {
+        let selection = match parsed {
             Ok(s) => s,
             Err(e) => {
                 let e = JobError::new(ErrorCode::Internal, format!("yt-dlp's info JSON: {e}"));
                 return fail(tx, e, 0).await;
             }
         };
-        if !from_cache {
-            shared.cache.put(spec.tenant, &key, json.clone());
-        }
         if !selection.native() {
             return with_ytdlp(shared, &spec, &json, sandbox, tx, rx).await;
         }
@@ -82,12 +86,31 @@ pub(crate) async fn run(
             }
             Err(FetchError::Status(s)) if from_cache && matches!(s.as_u16(), 403 | 410) => {
                 info!(status = %s, "a cached media URL stopped working: extracting again");
+                // The resolve's info holds the same URLs: the new extraction goes online.
                 shared.cache.remove(spec.tenant, &key);
+                shared.cache.remove(spec.tenant, spec.url);
                 retried = true;
             }
             Err(e) => return fail(tx, sandbox.explain(native::job_error(&e)), 0).await,
         }
     }
+}
+
+/// The selection a stream starts with without yt-dlp: the cached one for its selector, else
+/// (an exact `format_id`) that format of a resolve's cached info.
+fn cached(
+    shared: &Shared,
+    spec: &Spec<'_>,
+    key: &str,
+) -> Option<(bytes::Bytes, Result<Selection, String>)> {
+    if let Some(json) = shared.cache.get(spec.tenant, key) {
+        let parsed = Selection::parse(&json);
+        return Some((json, parsed));
+    }
+    let info = shared.cache.get(spec.tenant, spec.url)?;
+    let selection = Selection::by_format_id(&info, spec.format)?;
+    debug!("format_id selected from a resolve's info, without yt-dlp");
+    Some((info, Ok(selection)))
 }
 
 /// `yt-dlp -J -f FORMAT` in an extraction slot, from a resolve's cached info when there is

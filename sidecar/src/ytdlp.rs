@@ -191,8 +191,12 @@ impl YtDlp {
         args
     }
 
-    /// `yt-dlp … -J -- URL`: info only, nothing downloaded.
-    pub fn resolve_args(&self, url: &str, job: &JobArgs) -> Vec<OsString> {
+    /// `yt-dlp … -J [-f FORMAT] -- URL`: info only, nothing downloaded; with a selector, its
+    /// choice too (the info is the same either way).
+    pub fn resolve_args(&self, url: &str, format: Option<&str>, job: &JobArgs) -> Vec<OsString> {
+        if let Some(format) = format {
+            return self.extract_args(url, format, false, job);
+        }
         let mut args = self.base_args(job);
         for arg in ["-J", "--", url] {
             args.push(arg.into());

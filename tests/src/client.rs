@@ -167,6 +167,7 @@ impl Client {
             .expect("connect to the sidecar");
         let job = ResolveJob {
             url: url.to_owned(),
+            format: None,
             tenant: None,
             request_id: None,
             egress: loopback_egress(),

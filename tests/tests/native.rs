@@ -421,6 +421,136 @@ async fn a_cached_media_url_answering_403_is_extracted_again_once() {
 }
 
 // ---------------------------------------------------------------------------------------
+// A stream right after a resolve.
+
+/// `POST /v1/resolve {"url": url}` from loopback: the answer's JSON.
+async fn resolve(gw: &Gateway, url: &str) -> Value {
+    let endpoint = gw.url("/v1/resolve");
+    let body = serde_json::json!({ "url": url }).to_string();
+    let json = "content-type: application/json";
+    let r = blocking(move || {
+        curl(
+            &["-X", "POST", "-H", json, "--data-binary", &body],
+            &endpoint,
+        )
+    })
+    .await;
+    assert_eq!(
+        (r.exit, r.status),
+        (0, 200),
+        "resolve {url}: {r:?}\n{}",
+        tail(&gw.logs(), 40)
+    );
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+/// yt-dlp runs the sidecar has started (each a pool worker taking a job).
+fn pool_jobs(log: &str) -> usize {
+    lines_with(log, &["pool worker took the job"]).len()
+}
+
+/// Right after a resolve, a stream starts without any yt-dlp: the resolve chose the
+/// answer's own selector (`best`) in its run, and a format's link (an exact `format_id`)
+/// is chosen by the sidecar from the resolved info; the bytes equal direct yt-dlp's for the
+/// same selector. A selector that chooses nothing (`best` of a DASH manifest with separate
+/// video and audio) does not fail the resolve.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_right_after_a_resolve_starts_no_yt_dlp() {
+    let server = FixtureServer::start(fixtures());
+    let gw = gateway(&[]).await;
+
+    let hls = server.url("hls/index.m3u8");
+    let answer = resolve(&gw, &hls).await;
+    assert_eq!(answer["format"], "best");
+    let log = gw.logs();
+    assert_eq!(
+        pool_jobs(&log),
+        1,
+        "one yt-dlp for the resolve\n{}",
+        tail(&log, 40)
+    );
+    let direct = {
+        let u = hls.clone();
+        blocking(move || direct_ytdlp(&u, "best", &[])).await
+    };
+    let playlist_gets = server.gets("/hls/index.m3u8").len();
+    let id = answer["formats"][0]["id"].as_str().unwrap().to_owned();
+    let links = [
+        ("best", answer["stream_url"].as_str().unwrap()),
+        (
+            id.as_str(),
+            answer["formats"][0]["stream_url"].as_str().unwrap(),
+        ),
+    ];
+    for (selector, link) in links {
+        let r = get(&gw.url(link)).await;
+        let log = gw.logs();
+        assert_eq!(
+            (r.exit, r.status),
+            (0, 200),
+            "{selector}: {r:?}\n{}",
+            tail(&log, 40)
+        );
+        assert_eq!(
+            sha256_hex(&r.body),
+            sha256_hex(&direct),
+            "{selector}: the bytes"
+        );
+        assert_eq!(
+            pool_jobs(&log),
+            1,
+            "{selector}: a yt-dlp ran for a stream after the resolve\n{}",
+            tail(&log, 40)
+        );
+        assert_eq!(extractions(&log), 0, "{selector}\n{}", tail(&log, 40));
+    }
+    // The playlist was fetched by the sidecar's own HLS fetcher (once per stream), the
+    // segments too; no yt-dlp looked at it again.
+    let gets = server.gets("/hls/index.m3u8");
+    assert_eq!(gets.len(), playlist_gets + 2, "{gets:?}");
+
+    let dash = server.url("dash/manifest.mpd");
+    let answer = resolve(&gw, &dash).await;
+    let log = gw.logs();
+    assert_eq!(
+        lines_with(&log, &["the stream's selector chose nothing"]).len(),
+        1,
+        "{}",
+        tail(&log, 40)
+    );
+    let formats = answer["formats"].as_array().unwrap();
+    assert_eq!(formats.len(), 2, "{answer}");
+    let jobs = pool_jobs(&log);
+    for f in formats {
+        let id = f["id"].as_str().unwrap().to_owned();
+        let r = get(&gw.url(f["stream_url"].as_str().unwrap())).await;
+        let log = gw.logs();
+        assert_eq!(
+            (r.exit, r.status),
+            (0, 200),
+            "format {id}: {r:?}\n{}",
+            tail(&log, 40)
+        );
+        let direct = {
+            let (u, id) = (dash.clone(), id.clone());
+            blocking(move || direct_ytdlp(&u, &id, &[])).await
+        };
+        assert_eq!(
+            sha256_hex(&r.body),
+            sha256_hex(&direct),
+            "format {id}: the bytes"
+        );
+        assert_eq!(
+            pool_jobs(&log),
+            jobs,
+            "format {id}: a yt-dlp ran\n{}",
+            tail(&log, 40)
+        );
+    }
+    eprintln!("after a resolve: best and format {id} of HLS, both DASH formats, no yt-dlp");
+}
+
+// ---------------------------------------------------------------------------------------
 // Processes, a client that leaves, backpressure.
 
 /// `GET link` over a raw socket with a 64 KiB receive buffer; returns the connection after
