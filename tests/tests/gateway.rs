@@ -248,11 +248,11 @@ async fn bad_urls_and_formats_are_refused_before_the_policy_and_any_fetch() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_full_sidecar_answers_busy_with_retry_after() {
     let opts = GatewayOptions {
-        sidecar_args: vec!["--max-jobs=1".into(), "--queue=0".into()],
+        sidecar_args: vec!["--max-streams=1".into(), "--queue=0".into()],
         ..GatewayOptions::default()
     };
     let gw = Gateway::start(opts).await;
-    // A holds the only slot: it reads one chunk and stops, so backpressure keeps it running.
+    // A holds the only stream slot: it reads one chunk and stops, so backpressure keeps it open.
     let link = gw.stream_url(&gw.mint(&large_url(), "b"));
     let holder = reqwest::get(&link).await.unwrap();
     assert_eq!(holder.status(), 200);

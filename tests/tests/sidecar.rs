@@ -259,13 +259,13 @@ async fn twenty_abandoned_jobs_leave_no_process_and_the_sidecar_keeps_serving(po
 
 async fn a_full_queue_answers_busy_at_once(pool: bool) {
     let opts = SidecarOptions {
-        max_jobs: Some(1),
         queue: Some(1),
         pool: Some(pool),
+        extra: vec!["--max-streams".into(), "1".into()],
         ..Default::default()
     };
     let sc = Sidecar::start(opts).await;
-    // A holds the only slot: it stops reading, so backpressure keeps its yt-dlp alive.
+    // A holds the only stream slot: it stops reading, so backpressure keeps it open.
     let mut a = Client::connect(sc.socket()).await.unwrap();
     a.start_stream(&server().url("progressive.mp4"), "b")
         .await

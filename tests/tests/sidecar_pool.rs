@@ -263,3 +263,93 @@ async fn first_byte_times_spawn_pool_and_after_resolve() {
     let hits = pooled.logs().matches("extraction cache hit").count();
     assert_eq!(hits, n, "every stream after a resolve used the cache");
 }
+
+/// Extractions are capped at `--max-extractions` and the rest wait their turn (issue 10):
+/// a burst of 64 streams of distinct URLs on two extraction slots all get every byte, every
+/// extraction on a pool worker (a busy pool is waited for, neither restarted nor bypassed by
+/// spawning yt-dlp), and never more than two extractions' processes at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_64_streams_waits_for_two_extractions_and_every_one_succeeds() {
+    const N: usize = 64;
+    let server = FixtureServer::start(fixtures());
+    let sc = sidecar(true, &["--max-extractions", "2"]).await;
+    let sc = &sc;
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let burst = async {
+        let jobs = (0..N).map(|i| {
+            let url = server.url(&format!("progressive.mp4?burst={i}"));
+            async move { Client::stream(sc.socket(), &url, "b").await }
+        });
+        let all = futures::future::join_all(jobs).await;
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        all
+    };
+    // Native streams have no process: whatever is below the sidecar is an extraction.
+    let most_at_once = async {
+        let mut most = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            most = most.max(sc.job_processes().len());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        most
+    };
+    let started = Instant::now();
+    let (transcripts, most) = tokio::join!(burst, most_at_once);
+    let took = started.elapsed();
+    for (i, t) in transcripts.iter().enumerate() {
+        t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+        assert_eq!(sha256_hex(&t.data), file, "stream {i}");
+    }
+    let logs = sc.logs();
+    assert_eq!(pooled_jobs(&sc), N, "every extraction on the pool:\n{logs}");
+    assert!(!logs.contains("restarting the pool"), "{logs}");
+    assert!(
+        (1..=2).contains(&most),
+        "{most} extraction processes at once"
+    );
+    let waited = logs.matches("got a slot after waiting").count();
+    assert!(waited > 0, "nobody waited for an extraction slot:\n{logs}");
+    eprintln!(
+        "{N} streams on 2 extraction slots: all complete in {took:?}, {waited} waited, at most {most} extractions at once"
+    );
+}
+
+/// A full extraction queue still answers `busy` at once, saying what is full; the jobs
+/// that got a place stream every byte.
+async fn a_full_extraction_queue_answers_busy(pool: bool) {
+    const N: usize = 12;
+    let server = FixtureServer::start(fixtures());
+    let sc = sidecar(pool, &["--max-extractions", "1", "--queue", "2"]).await;
+    let sc = &sc;
+    let jobs = (0..N).map(|i| {
+        let url = server.url(&format!("progressive.mp4?overflow={i}"));
+        async move { Client::stream(sc.socket(), &url, "b").await }
+    });
+    let transcripts = futures::future::join_all(jobs).await;
+    let (busy, served): (Vec<_>, Vec<_>) = transcripts
+        .into_iter()
+        .partition(|t| t.error_code() == "busy");
+    // All 12 arrive within the first extraction: one runs, two wait, the others are refused.
+    assert!(
+        !busy.is_empty() && served.len() >= 3,
+        "{} served",
+        served.len()
+    );
+    for t in &busy {
+        assert_eq!(t.kinds, [kind::ERROR], "{t:?}");
+        let message = &t.error.as_ref().unwrap().message;
+        assert!(
+            message.contains("all 1 extraction slots (--max-extractions) are taken"),
+            "{message}"
+        );
+    }
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    for t in &served {
+        t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+        assert_eq!(sha256_hex(&t.data), file);
+    }
+    eprintln!("pool {pool}: {} busy, {} served", busy.len(), served.len());
+}
+
+both_paths!(a_full_extraction_queue_answers_busy);
