@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use streamgate_addr::{Cidr, is_internal};
 use streamgate_protocol::EgressRules;
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use url::{Host, Url};
 
 pub use upstream::Upstream;
@@ -23,6 +23,11 @@ pub use upstream::Upstream;
 const DEFAULT_PORTS: [u16; 2] = [80, 443];
 /// Bounds a name lookup and a TCP connect each: a black-holed address must not pin a job.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// `SO_RCVBUF` of an upstream socket. Left to itself Linux grows it towards `tcp_rmem`'s
+/// maximum (up to 32 MiB) while bytes come fast, and a stalled client then parks all of it
+/// in the kernel, per stream. 1 MiB (the kernel doubles it for its bookkeeping) still lets
+/// ≈1 MiB be in flight per round trip: ≈20 MB/s at 50 ms, far more on a LAN or loopback.
+const UPSTREAM_RCVBUF: u32 = 1 << 20;
 
 /// Why a connection was not made.
 #[derive(Debug, thiserror::Error)]
@@ -197,13 +202,11 @@ impl Egress {
             let attempt = async {
                 match &self.upstream {
                     Some(up) => up.connect(target).await,
-                    None => TcpStream::connect(target)
-                        .await
-                        .map_err(|e| EgressError::Connect {
-                            host: host.to_string(),
-                            port,
-                            reason: e.to_string(),
-                        }),
+                    None => tcp_connect(target).await.map_err(|e| EgressError::Connect {
+                        host: host.to_string(),
+                        port,
+                        reason: e.to_string(),
+                    }),
                 }
             };
             match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
@@ -219,6 +222,17 @@ impl Egress {
             reason: last,
         })
     }
+}
+
+/// A TCP connection to `target` whose receive buffer is capped before the handshake (the
+/// window scale is agreed then).
+async fn tcp_connect(target: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_recv_buffer_size(UPSTREAM_RCVBUF)?;
+    socket.connect(target).await
 }
 
 #[cfg(test)]
@@ -295,5 +309,15 @@ mod tests {
         assert!(egress.first_denial().unwrap().contains("internal"));
         let literal: Url = "http://[::ffff:127.0.0.1]/".parse().unwrap();
         assert!(egress.check_url(&literal).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn upstream_sockets_have_a_capped_receive_buffer() {
+        use nix::sys::socket::{getsockopt, sockopt::RcvBuf};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = tcp_connect(listener.local_addr().unwrap()).await.unwrap();
+        // The kernel doubles the asked size and never grows a size that was set.
+        let size = getsockopt(&stream, RcvBuf).unwrap();
+        assert_eq!(size, 2 * UPSTREAM_RCVBUF as usize);
     }
 }
