@@ -393,14 +393,18 @@ fn kubernetes_config_passes_check_config_with_the_secrets_keys() {
     );
 }
 
-/// The files the container build copies from the repository: `(source, destination)`.
+/// The files the container build copies from the repository (not from another stage):
+/// `(source, destination)`, flags such as `--chmod` left out.
 fn containerfile_copies() -> Vec<(String, String)> {
     read(&deploy().join("Containerfile"))
         .lines()
         .filter_map(|l| l.strip_prefix("COPY "))
-        .filter(|l| !l.starts_with("--from"))
+        .filter(|l| !l.split_whitespace().any(|w| w.starts_with("--from=")))
         .map(|l| {
-            let parts: Vec<&str> = l.split_whitespace().collect();
+            let parts: Vec<&str> = l
+                .split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect();
             (parts[0].to_owned(), parts[parts.len() - 1].to_owned())
         })
         .collect()
