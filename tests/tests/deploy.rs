@@ -719,6 +719,87 @@ fn systemd_config_passes_check_config_with_the_units_credentials() {
     assert!(!check_config(&config, &[]).status.success());
 }
 
+/// The two units run here with their own command lines and the config they share: the
+/// paths systemd provides (`RuntimeDirectory`, `PrivateTmp`, the credentials) and the ones
+/// the install steps make (the virtualenv) mapped to a temp dir. The sidecar comes up in
+/// netns mode as `--require-netns` asks (the tests run as root), the gateway reaches it at
+/// the config's `connect`, and a keyed resolve is refused by the strict egress.
+#[tokio::test]
+async fn systemd_units_run_together_in_netns_mode() {
+    const CREDENTIALS: &str = "/run/credentials/streamgate.service/";
+    let dir = tempfile::tempdir().unwrap();
+    let (run_dir, tmp_dir) = (dir.path().join("run"), dir.path().join("tmp"));
+    let credentials = dir.path().join("credentials");
+    for d in [&run_dir.join("streamgate"), &tmp_dir, &credentials] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    let yt_dlp = yt_dlp().display().to_string();
+    let host = |word: &str| {
+        // /tmp first: the temp dir that replaces /run/ is itself under /tmp/.
+        word.replace("=/tmp/", &format!("={}/", tmp_dir.display()))
+            .replace("/run/", &format!("{}/", run_dir.display()))
+            .replace("/opt/streamgate/yt-dlp/bin/yt-dlp", &yt_dlp)
+    };
+
+    let unit = read(&deploy().join("systemd/streamgate-sidecar.service"));
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart=");
+    let mut words = exec.split_whitespace();
+    assert_eq!(words.next(), Some("/usr/local/bin/streamgate-sidecar"));
+    let mut cmd = Command::new(release_bin("streamgate-sidecar"));
+    cmd.args(words.map(host))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("sidecar.log")).unwrap());
+    let _sidecar = ChildGuard::spawn(cmd, "streamgate-sidecar").unwrap();
+
+    let redis = RedisServer::start();
+    let toml = read(&deploy().join("systemd/streamgate.toml"));
+    let toml = toml
+        .replace(&toml_string(&toml, "redis_url"), &redis.url())
+        .replace(CREDENTIALS, &format!("{}/", credentials.display()));
+    let toml = host(&toml);
+    let api_key = "a-partner-key";
+    for (name, value) in [
+        ("media-token-keys", keygen()),
+        ("partner-token-keys", keygen()),
+        ("partner-api-key", api_key.to_owned()),
+    ] {
+        std::fs::write(credentials.join(name), format!("{value}\n")).unwrap();
+    }
+    let config = dir.path().join("streamgate.toml");
+    std::fs::write(&config, toml).unwrap();
+    let gw = Gateway::start(GatewayOptions {
+        config: Some(config),
+        allow_private_urls: false,
+        ..GatewayOptions::default()
+    })
+    .await;
+
+    let ready: Value = serde_json::from_slice(&curl(&[], &gw.url("/readyz")).body).unwrap();
+    assert_eq!(ready["egress"], "netns", "--require-netns: {ready}");
+    let body = r#"{"url":"http://198.51.100.7:8080/clip.mp4"}"#;
+    let key_header = format!("x-api-key: {api_key}");
+    let args = [
+        "-H",
+        "Host: api.example.com",
+        "-H",
+        "Content-Type: application/json",
+        "-H",
+        &key_header,
+        "--data",
+        body,
+    ];
+    let r = curl(&args, &gw.url("/v1/resolve"));
+    assert_problem(&r, 403, "egress_denied", "partner resolve with its key");
+    let count = redis
+        .command("GET streamgate:{partner}:resolves")
+        .unwrap_or_default();
+    assert_eq!(count, "$1\r\n1\r\n", "the resolve was counted in Redis");
+}
+
 /// Every shell script of the repository: scripts/*, .ci/run, deploy/*.sh.
 fn shell_scripts() -> Vec<PathBuf> {
     let root = repo_root();
