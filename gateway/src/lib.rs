@@ -1,6 +1,14 @@
 //! streamgate: an HTTP gateway that opens signed links with a tenant's token plugin, checks
 //! them with its policy plugin, and relays the media one sidecar job per request.
+//!
+//! One stream request, in order: [`server`] (the connection) → [`routes`] (filters, tenant,
+//! authorize) → [`stream`] (the handler) → [`sidecar`] (the job) → [`body`] (the relay).
+//! docs/architecture.md has the module map.
 
+#![deny(missing_docs)]
+
+pub mod app;
+pub mod body;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -9,12 +17,10 @@ pub mod limits;
 pub mod metrics;
 pub mod plugin;
 pub mod range;
-pub mod relay;
-pub mod reload;
-pub mod resolve;
+mod resolve;
 pub mod routes;
-pub mod secrets;
 pub mod server;
 pub mod sidecar;
 pub mod state;
+mod stream;
 pub mod tenant;

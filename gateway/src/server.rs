@@ -18,7 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use warp::http::Request;
 
-use crate::routes::{AppState, routes};
+use crate::app::App;
+use crate::routes::routes;
 
 /// hyper's HTTP/1 write buffer per connection: it stops polling the body for more once this
 /// much is queued, so a stalled client holds at most this plus one body chunk. Also the most
@@ -26,15 +27,15 @@ use crate::routes::{AppState, routes};
 pub const HTTP1_MAX_BUF: usize = 64 * 1024;
 
 /// The peer address of the connection a request came in on, as a request extension
-/// (`routes::request_parts` reads it; warp's own `addr::remote` cannot be fed from outside).
+/// (`routes` reads it; warp's own `addr::remote` cannot be fed from outside).
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-/// Serves `routes(state)` on `listener` until `shutdown` resolves, then stops accepting,
+/// Serves `routes(app)` on `listener` until `shutdown` resolves, then stops accepting,
 /// asks every connection to finish (responses in flight complete; keep-alive ends), and
 /// returns once all of them are closed.
-pub async fn run(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) {
-    let filter = routes(state);
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let filter = routes(app);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
