@@ -14,7 +14,7 @@ use warp::{Rejection, Reply};
 use crate::app::App;
 use crate::error::{GatewayError, Problem};
 use crate::plugin::StreamRequest;
-use crate::routes::{Asked, RequestParts, authorize, new_request_id, plugin_call, sidecar_job};
+use crate::request::{Asked, RequestParts, authorize, new_request_id, plugin_call, sidecar_job};
 use crate::tenant::Tenant;
 
 /// A resolve request is a URL and a selector; anything bigger is not one.

@@ -16,7 +16,7 @@ use crate::body::{self, Held, MediaBody};
 use crate::error::{GatewayError, Problem};
 use crate::headers::media_head;
 use crate::range;
-use crate::routes::{Asked, RequestParts, authorize, new_request_id, sidecar_job};
+use crate::request::{Asked, RequestParts, authorize, new_request_id, sidecar_job};
 use crate::sidecar::SidecarError;
 
 /// The route's handler: every failure becomes a [`Problem`] carrying the request id.

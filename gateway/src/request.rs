@@ -1,7 +1,7 @@
-//! The HTTP surface as warp filters, and the phases every tenant route shares before its own
-//! handler: the request's parts and tenant (by the host of `:authority` or `Host`), then
-//! [`authorize`] (token plugin → policy plugin). Handlers live per route (`stream.rs`,
-//! `resolve.rs`); every failure leaves them as a [`Problem`] for the one `error::recover`.
+//! The phases every tenant route (`stream.rs`, `resolve.rs`) shares before its own work, in
+//! the manner of pingora's request phases: the request's parts, its tenant (by the host of
+//! `:authority` or `Host`), then [`authorize`] (token plugin → policy plugin); and the two
+//! calls every handler times into the metrics, [`plugin_call`] and [`sidecar_job`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,102 +9,25 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
-use serde_json::json;
 use streamgate_protocol::input::{canonical_url, check_format};
+use warp::Filter;
 use warp::host::Authority;
 use warp::http::{HeaderMap, Method};
-use warp::{Filter, Rejection, Reply};
 
 use crate::app::App;
-use crate::error::{GatewayError, Problem, recover};
-use crate::metrics;
+use crate::error::GatewayError;
 use crate::plugin::{PluginError, PolicyDecision, RequestInfo, StreamRequest, unix_now};
-use crate::server::ClientAddr;
 use crate::sidecar::SidecarError;
 use crate::tenant::Tenant;
-use crate::{resolve, stream};
 
-/// Paths whose requests belong to a tenant; everything else counts under `-`.
-const TENANT_ROUTES: [&str; 3] = ["/stream", "/v1/stream", "/v1/resolve"];
-
-/// The whole HTTP surface; every response is counted in `http_requests_total` with the
-/// tenant its host resolves to and its final status.
-pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
-    let healthz = warp::path!("healthz")
-        .and(get_or_head())
-        .map(|_| warp::reply::json(&json!({ "status": "ok" })).into_response());
-    let readyz = warp::path!("readyz")
-        .and(get_or_head())
-        .and(with_app(app.clone()))
-        .and_then(|_, app| ready(app));
-    let metrics = warp::path!("metrics")
-        .and(get_or_head())
-        .and(with_app(app.clone()))
-        .map(|_, app: Arc<App>| {
-            let text = app.metrics.encode();
-            let reply = warp::reply::with_header(text, "content-type", metrics::CONTENT_TYPE);
-            reply.into_response()
-        });
-    let stream = warp::path!("stream")
-        .or(warp::path!("v1" / "stream"))
-        .unify()
-        .and(get_or_head())
-        .and(request_parts())
-        .and(with_app(app.clone()))
-        .and_then(|_, parts, app| stream::handle(parts, app));
-    let resolve = warp::path!("v1" / "resolve")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(resolve::MAX_BODY_BYTES))
-        .and(warp::body::bytes())
-        .and(request_parts())
-        .and(with_app(app.clone()))
-        .and_then(resolve::handle);
-    let all = (healthz.or(readyz).unify().or(metrics).unify())
-        .or(stream)
-        .unify()
-        .or(resolve)
-        .unify();
-    let counted = app.clone();
-    warp::path::full()
-        .and(host())
-        .and(all.recover(recover).unify())
-        .map(
-            move |path: warp::path::FullPath, host: Option<Authority>, reply| {
-                count_request(&counted, path.as_str(), host.as_ref(), &reply);
-                reply
-            },
-        )
-}
-
-/// `http_requests_total`, labelled with the tenant the host resolves to (bounded by the
-/// config) and the final status, whichever handler or `recover` produced it.
-fn count_request(app: &App, path: &str, host: Option<&Authority>, reply: &warp::reply::Response) {
-    let tenants = app.tenants.load();
-    let tenant = match TENANT_ROUTES.contains(&path) {
-        true => tenants
-            .for_host(host.map(Authority::host))
-            .map(|t| t.id.as_str()),
-        false => None,
-    };
-    let tenant = tenant.unwrap_or(metrics::NO_TENANT);
-    app.metrics.request(tenant, reply.status().as_u16());
-}
-
-fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {
-    warp::any().map(move || app.clone())
-}
-
-/// Extracts the method, refusing anything but GET and HEAD (405 through `recover`).
-fn get_or_head() -> impl Filter<Extract = (Method,), Error = Rejection> + Clone {
-    warp::get()
-        .map(|| Method::GET)
-        .or(warp::head().map(|| Method::HEAD))
-        .unify()
-}
+/// The peer address of the connection a request came in on, as a request extension
+/// (`server::run` inserts it; warp's own `addr::remote` cannot be fed from outside).
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
 
 /// The request's authority: HTTP/2's `:authority` (hyper puts it in the URI) or the `Host`
 /// header, whichever it has. One that does not parse is no authority (the default tenant).
-fn host() -> impl Filter<Extract = (Option<Authority>,), Error = Infallible> + Clone {
+pub(crate) fn host() -> impl Filter<Extract = (Option<Authority>,), Error = Infallible> + Clone {
     warp::host::optional().or(warp::any().map(|| None)).unify()
 }
 
@@ -130,7 +53,8 @@ impl RequestParts {
     }
 }
 
-fn request_parts() -> impl Filter<Extract = (RequestParts,), Error = Infallible> + Clone {
+pub(crate) fn request_parts() -> impl Filter<Extract = (RequestParts,), Error = Infallible> + Clone
+{
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
     let remote = warp::ext::optional::<ClientAddr>().map(|a: Option<ClientAddr>| a.map(|a| a.0));
     warp::method()
@@ -149,24 +73,6 @@ fn request_parts() -> impl Filter<Extract = (RequestParts,), Error = Infallible>
                 host,
             },
         )
-}
-
-/// `/readyz`: the sidecar answers a handshake.
-async fn ready(app: Arc<App>) -> Result<warp::reply::Response, Rejection> {
-    match app.sidecar.probe().await {
-        Ok(w) => Ok(warp::reply::json(&json!({
-            "status": "ready",
-            "sidecar": w.sidecar,
-            "yt_dlp": w.yt_dlp,
-            "egress": w.egress.as_str(),
-            "active_streams": app.drain.active(),
-        }))
-        .into_response()),
-        Err(e) => Err(warp::reject::custom(Problem {
-            error: e.into(),
-            request_id: None,
-        })),
-    }
 }
 
 /// What a request asks for, before the policy.
