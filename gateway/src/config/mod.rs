@@ -226,7 +226,7 @@ impl Config {
 
     /// Replaces every `{ env }` / `{ file }` plugin value by its content, so a missing
     /// secret fails the load and the plugins see plain strings.
-    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
         for (i, t) in self.tenants.iter_mut().enumerate() {
             for (kind, p) in [("token", &mut t.token), ("policy", &mut t.policy)] {
                 let resolved = resolve_map(&p.config, &format!("tenant[{i}].{kind}.config"))?;
