@@ -106,6 +106,11 @@ impl PluginEngine {
         })
     }
 
+    /// The limits this engine applies.
+    pub fn settings(&self) -> &EngineSettings {
+        &self.inner.settings
+    }
+
     /// Compiles and links a token plugin (world `token-plugin`) with its tenant config.
     pub fn load_token(
         &self,
@@ -345,6 +350,6 @@ mod tests {
     #[test]
     fn engine_starts_with_default_settings() {
         let engine = PluginEngine::new(EngineSettings::default()).unwrap();
-        assert_eq!(engine.inner.deadline_ticks, 11);
+        assert_eq!(engine.settings().deadline, Duration::from_millis(50));
     }
 }
