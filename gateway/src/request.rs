@@ -53,6 +53,7 @@ impl RequestParts {
     }
 }
 
+/// Extracts [`RequestParts`]; never rejects.
 pub(crate) fn request_parts() -> impl Filter<Extract = (RequestParts,), Error = Infallible> + Clone
 {
     let query = warp::query::raw().or(warp::any().map(String::new)).unify();
