@@ -8,17 +8,21 @@ use clap::{Args, Parser, Subcommand};
 use crate::config::{Config, ConfigError};
 use crate::state;
 
+/// The command line.
 #[derive(Debug, Parser)]
 #[command(
+    long_about = None,
     name = "streamgate",
     version,
     about = "Streaming gateway: signed links → media via yt-dlp"
 )]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve HTTP (the embedded default config unless --config is given).
@@ -45,8 +49,10 @@ pub struct ConfigSource {
     pub state_dir: PathBuf,
 }
 
+/// `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Where the configuration comes from.
     #[command(flatten)]
     pub source: ConfigSource,
     /// Address to listen on (overrides the config; default 127.0.0.1:8080).
@@ -72,8 +78,10 @@ pub struct ServeArgs {
     pub sidecar_args: Vec<String>,
 }
 
+/// `mint`.
 #[derive(Debug, Args)]
 pub struct MintArgs {
+    /// Where the configuration comes from.
     #[command(flatten)]
     pub source: ConfigSource,
     /// Media page or file URL.
@@ -103,7 +111,7 @@ impl ConfigSource {
                 path.display()
             ))),
             Some(path) => Config::load(path),
-            None => Config::embedded(&self.state_dir, allow_private_urls),
+            None => state::embedded_config(&self.state_dir, allow_private_urls),
         }
     }
 }

@@ -6,13 +6,14 @@ use std::convert::Infallible;
 
 use serde::Serialize;
 use streamgate_protocol::input::InputError;
-use streamgate_protocol::{ErrorCode, JobError, ProtocolError};
+use streamgate_protocol::{ErrorCode, JobError};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reject::{LengthRequired, MethodNotAllowed, PayloadTooLarge, Reject};
 use warp::{Rejection, Reply};
 
 use crate::limits::LimitError;
 use crate::plugin::{Denial, PluginError};
+use crate::sidecar::SidecarError;
 
 /// Seconds a client is told to wait when the sidecar's queue is full.
 const BUSY_RETRY_AFTER_SECS: u32 = 2;
@@ -20,6 +21,7 @@ const BUSY_RETRY_AFTER_SECS: u32 = 2;
 /// Everything that can stop a request before its media starts flowing.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// A stream request without `?data=`.
     #[error("the `data` query parameter is missing")]
     MissingToken,
     /// The URL of a token or a resolve body breaks `protocol::input::canonical_url`.
@@ -28,38 +30,61 @@ pub enum GatewayError {
     /// The format selector (asked for or forced by the policy) breaks `check_format`.
     #[error("{0}")]
     BadFormat(InputError),
+    /// The token plugin refused the token.
     #[error("token refused by {plugin}: {}", .denial.reason)]
-    TokenDenied { plugin: String, denial: Denial },
+    TokenDenied {
+        /// The plugin's name.
+        plugin: String,
+        /// Its status and reason.
+        denial: Denial,
+    },
+    /// The policy plugin refused the request.
     #[error("request denied by {plugin}: {}", .denial.reason)]
-    PolicyDenied { plugin: String, denial: Denial },
+    PolicyDenied {
+        /// The plugin's name.
+        plugin: String,
+        /// Its status and reason.
+        denial: Denial,
+    },
+    /// A plugin trapped, overran its limits or could not be instantiated.
     #[error("plugin {plugin} failed: {source}")]
     Plugin {
+        /// The plugin's name.
         plugin: String,
+        /// What went wrong.
         #[source]
         source: PluginError,
     },
+    /// The token plugin could not seal a link (resolve).
     #[error("plugin {plugin} cannot seal: {reason}")]
-    Seal { plugin: String, reason: String },
-    #[error("the sidecar failed the job: {0}")]
-    Job(JobError),
-    #[error("the sidecar is unavailable: {0}")]
-    SidecarUnavailable(String),
-    #[error("the sidecar broke the protocol: {0}")]
-    Protocol(#[from] ProtocolError),
-    #[error("the sidecar sent no metadata in time")]
-    MetadataTimeout,
+    Seal {
+        /// The plugin's name.
+        plugin: String,
+        /// Its reason.
+        reason: String,
+    },
+    /// The sidecar gave no first answer: unavailable, failed job, broken protocol, timeout.
+    #[error(transparent)]
+    Sidecar(#[from] SidecarError),
+    /// No route has this path.
     #[error("no such route")]
     RouteNotFound,
+    /// The route exists, not with this method.
     #[error("method not allowed")]
     MethodNotAllowed,
+    /// No tenant serves the request's host and there is no `default_tenant`.
     #[error("no tenant serves host {0:?}")]
     UnknownHost(String),
+    /// A request body that does not parse.
     #[error("bad request: {0}")]
     BadRequest(String),
+    /// A body over the route's limit.
     #[error("the request body is too large")]
     PayloadTooLarge,
+    /// A body without `Content-Length`.
     #[error("a Content-Length header is required")]
     LengthRequired,
+    /// A limit is reached, or the limiter cannot count.
     #[error(transparent)]
     Limit(#[from] LimitError),
 }
@@ -74,10 +99,10 @@ impl GatewayError {
             | GatewayError::PolicyDenied { denial, .. } => denial_status(denial),
             GatewayError::Plugin { source, .. } => plugin_status(source),
             GatewayError::Seal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            GatewayError::Job(e) => job_status(e.code),
-            GatewayError::SidecarUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            GatewayError::Protocol(_) => StatusCode::BAD_GATEWAY,
-            GatewayError::MetadataTimeout => StatusCode::GATEWAY_TIMEOUT,
+            GatewayError::Sidecar(SidecarError::Job(e)) => job_status(e.code),
+            GatewayError::Sidecar(SidecarError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Sidecar(SidecarError::Protocol(_)) => StatusCode::BAD_GATEWAY,
+            GatewayError::Sidecar(SidecarError::MetadataTimeout) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             GatewayError::UnknownHost(_) => StatusCode::NOT_FOUND,
@@ -98,10 +123,10 @@ impl GatewayError {
             GatewayError::TokenDenied { .. } => "token_denied",
             GatewayError::PolicyDenied { .. } => "policy_denied",
             GatewayError::Plugin { .. } | GatewayError::Seal { .. } => "plugin_failed",
-            GatewayError::Job(e) => e.code.as_str(),
-            GatewayError::SidecarUnavailable(_) => "sidecar_unavailable",
-            GatewayError::Protocol(_) => "protocol",
-            GatewayError::MetadataTimeout => "timeout",
+            GatewayError::Sidecar(SidecarError::Job(e)) => e.code.as_str(),
+            GatewayError::Sidecar(SidecarError::Unavailable(_)) => "sidecar_unavailable",
+            GatewayError::Sidecar(SidecarError::Protocol(_)) => "protocol",
+            GatewayError::Sidecar(SidecarError::MetadataTimeout) => "timeout",
             GatewayError::RouteNotFound => "route_not_found",
             GatewayError::MethodNotAllowed => "method_not_allowed",
             GatewayError::UnknownHost(_) => "unknown_host",
@@ -121,10 +146,12 @@ impl GatewayError {
             GatewayError::Plugin { plugin, .. } | GatewayError::Seal { plugin, .. } => {
                 format!("plugin {plugin} failed")
             }
-            GatewayError::SidecarUnavailable(_) => "the media backend is unavailable".into(),
-            GatewayError::Protocol(_) => "the media backend failed".into(),
+            GatewayError::Sidecar(SidecarError::Unavailable(_)) => {
+                "the media backend is unavailable".into()
+            }
+            GatewayError::Sidecar(SidecarError::Protocol(_)) => "the media backend failed".into(),
             GatewayError::Limit(LimitError::Unavailable(_)) => "the limiter is unavailable".into(),
-            GatewayError::Job(e) => job_detail(e.code).into(),
+            GatewayError::Sidecar(SidecarError::Job(e)) => job_detail(e.code).into(),
             other => other.to_string(),
         }
     }
@@ -191,13 +218,16 @@ fn job_status(code: ErrorCode) -> StatusCode {
 /// A failure on its way to [`recover`], with the id of the request it ended.
 #[derive(Debug)]
 pub struct Problem {
+    /// What went wrong.
     pub error: GatewayError,
+    /// The request's id, once it has one (handlers give it; warp's own rejections don't).
     pub request_id: Option<String>,
 }
 
 impl Reject for Problem {}
 
 impl Problem {
+    /// `error` ending the request `request_id`.
     pub fn new(error: GatewayError, request_id: &str) -> Self {
         Problem {
             error,
@@ -231,15 +261,19 @@ impl Problem {
         if let Some(id) = self.request_id.as_deref().and_then(|v| v.parse().ok()) {
             headers.insert("x-request-id", id);
         }
-        if matches!(&self.error, GatewayError::Job(e) if e.code == ErrorCode::Busy) {
+        let job = match &self.error {
+            GatewayError::Sidecar(SidecarError::Job(e)) => Some(e),
+            _ => None,
+        };
+        if job.is_some_and(|e| e.code == ErrorCode::Busy) {
             headers.insert(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS.into());
         }
         // RFC 9110 §15.5.17: a 416 names the current length, so the client can ask again.
-        if let GatewayError::Job(JobError {
+        if let Some(JobError {
             code: ErrorCode::RangeNotSatisfiable,
             size: Some(size),
             ..
-        }) = &self.error
+        }) = job
         {
             let range = HeaderValue::from_str(&format!("bytes */{size}")).expect("only digits");
             headers.insert(header::CONTENT_RANGE, range);
@@ -293,9 +327,13 @@ pub async fn recover(rejection: Rejection) -> Result<warp::reply::Response, Infa
 mod tests {
     use super::*;
 
+    fn job(e: JobError) -> GatewayError {
+        GatewayError::Sidecar(SidecarError::Job(e))
+    }
+
     #[test]
     fn job_codes_follow_the_protocol_table() {
-        let status = |c| GatewayError::Job(JobError::new(c, "x")).status().as_u16();
+        let status = |c| job(JobError::new(c, "x")).status().as_u16();
         assert_eq!(status(ErrorCode::NotFound), 404);
         assert_eq!(status(ErrorCode::UnsupportedUrl), 422);
         assert_eq!(status(ErrorCode::FormatUnavailable), 422);
@@ -314,7 +352,7 @@ mod tests {
         let raw = "ERROR: [generic] Unable to download webpage: <urlopen error [Errno 111] \
                    Connection refused> (caused by 10.0.0.7:8080)";
         for code in ErrorCode::ALL {
-            let error = GatewayError::Job(JobError::new(code, raw));
+            let error = job(JobError::new(code, raw));
             assert!(
                 error.to_string().contains("10.0.0.7:8080"),
                 "logged in full"
@@ -326,7 +364,7 @@ mod tests {
                 "{detail}"
             );
         }
-        let denied = GatewayError::Job(JobError::new(ErrorCode::EgressDenied, raw));
+        let denied = job(JobError::new(ErrorCode::EgressDenied, raw));
         assert_eq!(
             denied.detail(),
             "an outbound connection of the job was refused by the egress rules"
@@ -360,7 +398,7 @@ mod tests {
 
     #[test]
     fn busy_carries_retry_after_and_a_problem_body() {
-        let busy = GatewayError::Job(JobError::new(ErrorCode::Busy, "queue full"));
+        let busy = job(JobError::new(ErrorCode::Busy, "queue full"));
         let resp = Problem::new(busy, "abc").to_response();
         assert_eq!(resp.status(), 503);
         assert_eq!(resp.headers()["retry-after"], "2");
@@ -372,12 +410,12 @@ mod tests {
     fn an_unsatisfiable_range_names_the_size() {
         let mut e = JobError::new(ErrorCode::RangeNotSatisfiable, "start past the end");
         e.size = Some(5000);
-        let resp = Problem::new(GatewayError::Job(e.clone()), "abc").to_response();
+        let resp = Problem::new(job(e.clone()), "abc").to_response();
         assert_eq!(resp.status(), 416);
         assert_eq!(resp.headers()["content-range"], "bytes */5000");
         assert_eq!(resp.headers()["content-type"], "application/problem+json");
         e.size = None;
-        let resp = Problem::new(GatewayError::Job(e), "abc").to_response();
+        let resp = Problem::new(job(e), "abc").to_response();
         assert_eq!(resp.status(), 416);
         assert!(resp.headers().get("content-range").is_none());
     }

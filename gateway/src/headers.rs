@@ -38,8 +38,11 @@ pub const SERVED_NATIVE: &str = "native";
 /// (the relay holds the body to it, so a declared length is never silently short).
 #[derive(Debug)]
 pub struct MediaHead {
+    /// 200 or 206.
     pub status: StatusCode,
+    /// Type, length, range, disposition, caching, request id.
     pub headers: HeaderMap,
+    /// The body's exact length, when known.
     pub length: Option<u64>,
 }
 

@@ -4,15 +4,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
-use arc_swap::ArcSwap;
 use clap::Parser;
+use streamgate::app::App;
 use streamgate::cli::{Cli, Command, MintArgs, ServeArgs, sidecar_next_to};
 use streamgate::config::Config;
-use streamgate::limits::Limiter;
-use streamgate::metrics::Metrics;
-use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest, builtin};
-use streamgate::relay::ActiveStreams;
-use streamgate::routes::AppState;
+use streamgate::plugin::{PluginEngine, StreamRequest, builtin};
 use streamgate::sidecar::{SidecarClient, Supervisor, SupervisorSettings};
 use streamgate::tenant::Tenants;
 use tokio::signal::unix::{SignalKind, signal};
@@ -38,14 +34,14 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Everything `serve` would check before listening: parse, fields, secrets, plugins. A
-/// refusal is one plain message on stderr (no backtrace) and exit status 1.
+/// Everything `serve` would check before listening: parse, fields, secrets, plugins — the
+/// very builder `serve` uses. A refusal is one plain message on stderr (no backtrace) and
+/// exit status 1.
 fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
     let checked = Config::load(file).and_then(|config| {
-        let engine = PluginEngine::new(EngineSettings::default())
-            .map_err(|e| streamgate::config::ConfigError::Invalid(e.to_string()))?;
-        Tenants::build(&engine, &config)?;
-        Limiter::new(&config, Metrics::new())?;
+        let socket = config.sidecar.connect.clone().unwrap_or_default();
+        let timeout = Duration::from_secs(config.sidecar.metadata_timeout_secs);
+        App::new(&config, SidecarClient::new(socket, timeout))?;
         Ok(config)
     });
     match checked {
@@ -78,16 +74,11 @@ fn init_tracing(quiet: bool) {
         .init();
 }
 
-fn engine() -> anyhow::Result<PluginEngine> {
-    PluginEngine::new(EngineSettings::default()).context("starting the plugin engine")
-}
-
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let config = args.config()?;
-    let engine = engine()?;
-    let tenants = Tenants::build(&engine, &config)?;
-    let (socket, supervisor) = match &config.sidecar.connect {
+    // The sidecar to connect to, and how to run it unless it runs on its own.
+    let (socket, spawn) = match &config.sidecar.connect {
         Some(socket) => (socket.clone(), None),
         None => {
             let socket = args.sidecar_socket(&config)?;
@@ -104,31 +95,28 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             sidecar_args.extend(config.sidecar.args.iter().cloned());
             let settings = SupervisorSettings::new(binary, socket.clone(), sidecar_args);
-            (socket, Some(Supervisor::start(settings)))
+            (socket, Some(settings))
         }
     };
     let metadata_timeout = Duration::from_secs(config.sidecar.metadata_timeout_secs);
-    let metrics = Metrics::new();
-    let state = Arc::new(AppState {
-        tenants: ArcSwap::from_pointee(tenants),
-        sidecar: SidecarClient::new(socket, metadata_timeout),
-        active: ActiveStreams::default(),
-        limiter: Limiter::new(&config, metrics.clone())?,
-        metrics,
-    });
+    let app = Arc::new(App::new(
+        &config,
+        SidecarClient::new(socket, metadata_timeout),
+    )?);
+    let supervisor = spawn.map(Supervisor::start);
 
     let loader = {
         let args = args.clone();
         Box::new(move || args.config())
     };
-    streamgate::reload::spawn_on_sighup(state.clone(), engine, loader, config.clone())?;
+    streamgate::app::reload_on_sighup(app.clone(), loader, config.clone())?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = streamgate::server::run(listener, state.clone(), async move {
+    let server = streamgate::server::run(listener, app.clone(), async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     });
     let mut server = tokio::spawn(server);
@@ -153,14 +141,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         res = &mut server => bail!("the HTTP server stopped: {res:?}"),
     }
     let drain = config.drain();
-    tracing::info!(active = state.active.get(), deadline = ?drain, "draining");
+    tracing::info!(active = app.drain.active(), deadline = ?drain, "draining");
     let _ = stop_tx.send(true);
     if tokio::time::timeout(drain, &mut server).await.is_err() {
         tracing::warn!(
-            active = state.active.get(),
+            active = app.drain.active(),
             "drain deadline passed; aborting streams"
         );
-        state.active.abort_all();
+        app.drain.abort_all();
         let _ = tokio::time::timeout(ABORT_GRACE, &mut server).await;
     }
     if let Some(supervisor) = supervisor {
@@ -172,7 +160,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
 async fn mint(args: MintArgs) -> anyhow::Result<()> {
     let config = args.source.load(false)?;
-    let tenants = Tenants::build(&engine()?, &config)?;
+    let engine = PluginEngine::new(config.plugins.clone()).context("starting the plugin engine")?;
+    let tenants = Tenants::build(&engine, &config)?;
     let tenant = match &args.tenant {
         Some(id) => tenants
             .get(id)

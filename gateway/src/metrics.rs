@@ -3,14 +3,9 @@
 //! bounded by the configuration; requests that reach no tenant route count under
 //! [`NO_TENANT`] so a scan of random paths cannot grow the label set.
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::Duration;
 
-use bytes::Bytes;
-use futures::Stream;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -19,9 +14,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::headers::SERVED_NATIVE;
-use crate::limits::StreamSlot;
-use crate::plugin::PluginError;
-use crate::relay::RelayError;
 
 /// Tenant label of requests that matched no tenant route (404s, `/healthz`, `/metrics`).
 pub const NO_TENANT: &str = "-";
@@ -108,6 +100,7 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Every family registered, all empty.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("streamgate");
         let inner = Inner {
@@ -226,25 +219,18 @@ impl Metrics {
         self.inner.media_responses.get_or_create(&labels).inc();
     }
 
-    /// Times one plugin call; a `PluginError` (not a denial) counts as a failure.
-    pub async fn plugin_call<T>(
-        &self,
-        plugin: &str,
-        call: impl Future<Output = Result<T, PluginError>>,
-    ) -> Result<T, PluginError> {
-        let started = Instant::now();
-        let result = call.await;
+    /// One plugin call that took `took`; `failed`: a `PluginError` (not a denial).
+    pub fn plugin_call(&self, plugin: &str, took: Duration, failed: bool) {
         let label = PluginLabel {
             plugin: plugin.to_owned(),
         };
         let inner = &self.inner;
         inner.plugin_calls.get_or_create(&label).inc();
-        let secs = started.elapsed().as_secs_f64();
+        let secs = took.as_secs_f64();
         inner.plugin_latency.get_or_create(&label).observe(secs);
-        if result.is_err() {
+        if failed {
             inner.plugin_failures.get_or_create(&label).inc();
         }
-        result
     }
 
     /// A request refused by `limit` (`max_streams`, `max_streams_per_client`, …).
@@ -264,89 +250,53 @@ impl Metrics {
     }
 }
 
-/// A media body with its bookkeeping: bytes and first byte counted, the active gauge held,
-/// sidecar errors counted, and the limiter's slot released when the body drops (however
-/// the stream ends: complete, failed, client gone, aborted by the drain).
-pub struct MeteredBody<S> {
-    inner: S,
-    tenant: String,
+/// The metrics of one media body, its tenant's series looked up once: the active gauge is
+/// raised now and lowered when the recorder drops (with the body, however it ends).
+pub struct StreamRecorder {
+    active: Gauge,
+    bytes_sent: Counter,
+    first_byte: Histogram,
     metrics: Metrics,
-    started: Instant,
-    first_byte_seen: bool,
-    _slot: StreamSlot,
 }
 
-impl<S> MeteredBody<S> {
-    /// `started`: when the request arrived (the time-to-first-byte origin).
-    pub fn new(
-        inner: S,
-        tenant: &str,
-        metrics: Metrics,
-        started: Instant,
-        slot: StreamSlot,
-    ) -> Self {
+impl Metrics {
+    /// A recorder for one stream of `tenant`, counted as active until it drops.
+    pub fn stream(&self, tenant: &str) -> StreamRecorder {
         let label = TenantLabel {
             tenant: tenant.to_owned(),
         };
-        metrics.inner.active_streams.get_or_create(&label).inc();
-        MeteredBody {
-            inner,
-            tenant: tenant.to_owned(),
-            metrics,
-            started,
-            first_byte_seen: false,
-            _slot: slot,
-        }
-    }
-
-    fn label(&self) -> TenantLabel {
-        TenantLabel {
-            tenant: self.tenant.clone(),
+        let inner = &self.inner;
+        let active = inner.active_streams.get_or_create(&label).clone();
+        active.inc();
+        StreamRecorder {
+            active,
+            bytes_sent: inner.bytes_sent.get_or_create(&label).clone(),
+            first_byte: inner.first_byte.get_or_create(&label).clone(),
+            metrics: self.clone(),
         }
     }
 }
 
-impl<S> Stream for MeteredBody<S>
-where
-    S: Stream<Item = Result<Bytes, RelayError>> + Unpin,
-{
-    type Item = Result<Bytes, RelayError>;
+impl StreamRecorder {
+    /// The first media byte left, `since` the request arrived.
+    pub fn first_byte(&self, since: Duration) {
+        self.first_byte.observe(since.as_secs_f64());
+    }
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let item = std::task::ready!(Pin::new(&mut self.inner).poll_next(cx));
-        match &item {
-            Some(Ok(bytes)) if !bytes.is_empty() => {
-                let label = self.label();
-                if !self.first_byte_seen {
-                    self.first_byte_seen = true;
-                    let secs = self.started.elapsed().as_secs_f64();
-                    self.metrics
-                        .inner
-                        .first_byte
-                        .get_or_create(&label)
-                        .observe(secs);
-                }
-                self.metrics
-                    .inner
-                    .bytes_sent
-                    .get_or_create(&label)
-                    .inc_by(bytes.len() as u64);
-            }
-            Some(Err(RelayError::Job(e))) => self.metrics.sidecar_error(e.code.as_str()),
-            _ => {}
-        }
-        Poll::Ready(item)
+    /// `n` more media bytes relayed.
+    pub fn bytes(&self, n: u64) {
+        self.bytes_sent.inc_by(n);
+    }
+
+    /// The job failed after its first byte.
+    pub fn sidecar_error(&self, code: &str) {
+        self.metrics.sidecar_error(code);
     }
 }
 
-impl<S> Drop for MeteredBody<S> {
+impl Drop for StreamRecorder {
     fn drop(&mut self) {
-        let label = self.label();
-        self.metrics
-            .inner
-            .active_streams
-            .get_or_create(&label)
-            .dec();
+        self.active.dec();
     }
 }
 
@@ -364,7 +314,23 @@ mod tests {
         m.media_response("native", "partial");
         m.media_response("yt-dlp", "whole");
         m.media_response("../../etc", "head");
+        let stream = m.stream("a");
+        stream.bytes(10);
+        stream.bytes(5);
+        assert!(
+            m.encode()
+                .contains("streamgate_active_streams{tenant=\"a\"} 1")
+        );
+        drop(stream);
         let text = m.encode();
+        assert!(
+            text.contains("streamgate_active_streams{tenant=\"a\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("streamgate_bytes_sent_total{tenant=\"a\"} 15"),
+            "{text}"
+        );
         assert!(
             text.contains("streamgate_http_requests_total{tenant=\"a\",status=\"200\"} 2"),
             "{text}"

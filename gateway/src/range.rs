@@ -71,8 +71,11 @@ fn number(digits: &str) -> Option<u64> {
 /// The inclusive span of a 206 response, and the total size `Content-Range` names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Span {
+    /// First byte.
     pub start: u64,
+    /// Last byte (inclusive).
     pub end: u64,
+    /// The whole media's size.
     pub size: u64,
 }
 

@@ -4,20 +4,17 @@
 //! `resolve_clients`): resolve runs yt-dlp on any URL it is given.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use streamgate_protocol::input::{canonical_url, check_format};
 use streamgate_protocol::{FormatInfo, ResolveJob};
 use tracing::Instrument;
-use warp::http::Method;
-use warp::{Filter, Rejection, Reply};
+use warp::{Rejection, Reply};
 
+use crate::app::App;
 use crate::error::{GatewayError, Problem};
-use crate::plugin::{PolicyDecision, StreamRequest};
-use crate::routes::{
-    AppState, RequestParts, client_ip, new_request_id, plugin_request, request_parts,
-};
+use crate::plugin::StreamRequest;
+use crate::request::{Asked, RequestParts, authorize, new_request_id, plugin_call, sidecar_job};
 use crate::tenant::Tenant;
 
 /// A resolve request is a URL and a selector; anything bigger is not one.
@@ -57,27 +54,15 @@ struct LinkedFormat {
     stream_url: String,
 }
 
-/// The route; its failures are [`Problem`]s like every other route's.
-pub fn route(
-    state: Arc<AppState>,
-) -> impl Filter<Extract = (warp::reply::Response,), Error = Rejection> + Clone {
-    warp::path!("v1" / "resolve")
-        .and(warp::post())
-        .and(warp::body::content_length_limit(MAX_BODY_BYTES))
-        .and(warp::body::bytes())
-        .and(request_parts())
-        .and(warp::any().map(move || state.clone()))
-        .and_then(handle)
-}
-
-async fn handle(
+/// The route's handler: every failure becomes a [`Problem`] carrying the request id.
+pub(crate) async fn handle(
     body: bytes::Bytes,
     parts: RequestParts,
-    state: Arc<AppState>,
+    app: Arc<App>,
 ) -> Result<warp::reply::Response, Rejection> {
     let request_id = new_request_id();
     let span = tracing::info_span!("resolve", request_id = %request_id);
-    let result = resolve(&body, parts, &state, &request_id)
+    let result = resolve(&body, parts, &app, &request_id)
         .instrument(span)
         .await;
     result.map_err(|e| warp::reject::custom(Problem::new(e, &request_id)))
@@ -86,7 +71,7 @@ async fn handle(
 async fn resolve(
     body: &[u8],
     parts: RequestParts,
-    state: &AppState,
+    app: &App,
     request_id: &str,
 ) -> Result<warp::reply::Response, GatewayError> {
     let body: ResolveBody =
@@ -95,41 +80,12 @@ async fn resolve(
     let url = canonical_url(&body.url).map_err(GatewayError::BadUrl)?;
     let format = body.format.unwrap_or_else(|| DEFAULT_FORMAT.to_owned());
     check_format(&format).map_err(GatewayError::BadFormat)?;
-    let (tenant, info) = plugin_request(&Method::POST, parts, state)?;
-    let expires_at = unix_now() + tenant.default_ttl.as_secs();
-    let mut wanted = StreamRequest {
-        url,
-        format,
-        filename: None,
-        expires_at: Some(expires_at),
-    };
-    let policy = tenant.policy.name().to_owned();
-    let checked = tenant.policy.check(&info, &wanted);
-    let decision = state.metrics.plugin_call(&policy, checked).await;
-    let decision = decision.map_err(|source| GatewayError::Plugin {
-        plugin: policy.clone(),
-        source,
-    })?;
-    let forced_format = match decision {
-        PolicyDecision::Allow { format, filename } => {
-            wanted.filename = filename;
-            if let Some(f) = &format {
-                check_format(f).map_err(GatewayError::BadFormat)?;
-                wanted.format.clone_from(f);
-            }
-            format
-        }
-        PolicyDecision::Deny(denial) => {
-            return Err(GatewayError::PolicyDenied {
-                plugin: policy,
-                denial,
-            });
-        }
-    };
+    let ok = authorize(app, parts, Asked::Request { url, format }).await?;
+    let (tenant, wanted) = (&ok.tenant, &ok.wanted);
+    let expires_at = wanted.expires_at.unwrap_or_default();
     // Counted once the policy allowed it: refusals cost no sidecar work, so no budget.
-    state
-        .limiter
-        .check_resolve(&tenant.id, client_ip(&info))
+    app.limiter
+        .check_resolve(&tenant.id, ok.client_ip())
         .await?;
     tracing::info!(tenant = %tenant.id, url = %wanted.url, "resolve");
     let job = ResolveJob {
@@ -139,29 +95,24 @@ async fn resolve(
         request_id: Some(request_id.to_owned()),
         egress: tenant.egress.clone(),
     };
-    state.metrics.sidecar_job("resolve");
-    let media = state.sidecar.resolve(job).await;
-    if let Err(GatewayError::Job(e)) = &media {
-        state.metrics.sidecar_error(e.code.as_str());
-    }
-    let media = media?;
-    let stream_url = link(state, &tenant, &wanted).await?;
+    let media = sidecar_job(app, "resolve", app.sidecar.resolve(job)).await?;
+    let stream_url = link(app, tenant, wanted).await?;
     let mut formats = Vec::with_capacity(media.formats.len());
     for info in media.formats {
         // A format the policy forces replaces every choice; the stream re-checks anyway.
-        let format = forced_format.clone().unwrap_or_else(|| info.id.clone());
+        let format = ok.forced_format.clone().unwrap_or_else(|| info.id.clone());
         let request = StreamRequest {
             format,
             ..wanted.clone()
         };
-        let stream_url = link(state, &tenant, &request).await?;
+        let stream_url = link(app, tenant, &request).await?;
         formats.push(LinkedFormat { info, stream_url });
     }
     let answer = ResolveAnswer {
         title: media.title,
         duration: media.duration,
         thumbnail: media.thumbnail,
-        format: wanted.format,
+        format: wanted.format.clone(),
         stream_url,
         expires_at,
         formats,
@@ -176,37 +127,17 @@ async fn resolve(
 }
 
 /// `/v1/stream?data=TOKEN`, sealed by the tenant's token plugin.
-async fn link(
-    state: &AppState,
-    tenant: &Tenant,
-    request: &StreamRequest,
-) -> Result<String, GatewayError> {
-    let plugin = || tenant.token.name().to_owned();
-    let sealing = tenant.token.seal(&tenant.id, request);
-    let sealed = state
-        .metrics
-        .plugin_call(tenant.token.name(), sealing)
-        .await;
-    let token = sealed
-        .map_err(|source| GatewayError::Plugin {
-            plugin: plugin(),
-            source,
-        })?
-        .map_err(|reason| GatewayError::Seal {
-            plugin: plugin(),
-            reason,
-        })?;
+async fn link(app: &App, tenant: &Tenant, request: &StreamRequest) -> Result<String, GatewayError> {
+    let plugin = tenant.token.name();
+    let sealed = plugin_call(app, plugin, tenant.token.seal(&tenant.id, request)).await?;
+    let token = sealed.map_err(|reason| GatewayError::Seal {
+        plugin: plugin.to_owned(),
+        reason,
+    })?;
     let query: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("data", &token)
         .finish();
     Ok(format!("/v1/stream?{query}"))
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs()
 }
 
 #[cfg(test)]

@@ -1,40 +1,22 @@
 //! The state directory of the embedded default: the token key (created on first run, mode
-//! 0600, in a 0700 directory) and the socket of the sidecar the gateway spawns.
+//! 0600, in a 0700 directory) and the socket of the sidecar the gateway spawns. Used at
+//! start-up (`cli`), never while a configuration is parsed.
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::config::ConfigError;
+use crate::config::{Config, ConfigError};
 use crate::plugin::builtin;
 
 /// File name of the token key ring inside the state directory.
 pub const KEY_FILE: &str = "token.key";
 
-/// A token-xchacha key ring as its plugin config wants it: `id:base64key[,id:base64key…]`.
-#[derive(Clone, Debug)]
-pub struct KeyRing {
-    ring: String,
-}
-
-impl KeyRing {
-    /// A fresh ring with one new key.
-    pub fn generate() -> KeyRing {
-        KeyRing {
-            ring: builtin::xchacha_generate_key(),
-        }
-    }
-
-    /// The `keys` value.
-    pub fn ring(&self) -> String {
-        self.ring.clone()
-    }
-
-    /// Id of the key new links are sealed with: the first one of the ring.
-    pub fn seal_id(&self) -> &str {
-        let first = self.ring.split(',').next().unwrap_or_default();
-        builtin::xchacha_key_id(first).unwrap_or_default()
-    }
+/// The embedded default configuration ([`Config::embedded`]) with the key ring of
+/// `state_dir`, created on first use.
+pub fn embedded_config(state_dir: &Path, allow_private_urls: bool) -> Result<Config, ConfigError> {
+    let keys = load_or_create_key(state_dir)?;
+    Ok(Config::embedded(&keys, allow_private_urls))
 }
 
 /// Creates the state directory (mode 0700) unless it exists.
@@ -49,8 +31,9 @@ pub fn ensure_dir(state_dir: &Path) -> Result<(), ConfigError> {
         })
 }
 
-/// Reads the key ring from `state_dir`, creating the directory and a new key when missing.
-pub fn load_or_create_key(state_dir: &Path) -> Result<KeyRing, ConfigError> {
+/// Reads the token-xchacha key ring (`id:base64key[,…]`) from `state_dir`, creating the
+/// directory and a new key when missing.
+pub fn load_or_create_key(state_dir: &Path) -> Result<String, ConfigError> {
     let err = |source| ConfigError::State {
         path: state_dir.to_owned(),
         source,
@@ -59,15 +42,13 @@ pub fn load_or_create_key(state_dir: &Path) -> Result<KeyRing, ConfigError> {
     let path = state_dir.join(KEY_FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => {
-            return Ok(KeyRing {
-                ring: text.trim().to_owned(),
-            });
+            return Ok(text.trim().to_owned());
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
     }
-    let keys = KeyRing::generate();
+    let keys = builtin::xchacha_generate_key();
     // create_new: two processes racing on first run must not overwrite each other's key.
     let created = std::fs::OpenOptions::new()
         .write(true)
@@ -76,7 +57,7 @@ pub fn load_or_create_key(state_dir: &Path) -> Result<KeyRing, ConfigError> {
         .open(&path);
     match created {
         Ok(mut file) => {
-            writeln!(file, "{}", keys.ring).map_err(err)?;
+            writeln!(file, "{keys}").map_err(err)?;
             file.sync_all().map_err(err)?;
             tracing::info!(path = %path.display(), "created a new token key");
             Ok(keys)
@@ -102,8 +83,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let first = load_or_create_key(&dir).unwrap();
         let again = load_or_create_key(&dir).unwrap();
-        assert_eq!(first.ring(), again.ring());
-        assert!(first.ring().starts_with(first.seal_id()) && !first.seal_id().is_empty());
+        assert_eq!(first, again);
+        assert!(first.starts_with('k') && first.contains(':'), "{first}");
         let mode = std::fs::metadata(dir.join(KEY_FILE))
             .unwrap()
             .permissions()

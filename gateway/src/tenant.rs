@@ -1,5 +1,6 @@
-//! Tenants are first-class: every request is resolved to one (by its Host header) before any
-//! plugin runs, and each tenant carries its own token and policy plugins.
+//! Tenants are first-class: every request is resolved to one (by the host of its
+//! `:authority` or `Host`) before any plugin runs, and each tenant carries its own token and
+//! policy plugins.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,9 +13,11 @@ use crate::plugin::{PluginEngine, PolicyPlugin, TokenPlugin, builtin};
 
 /// One tenant, ready to serve.
 pub struct Tenant {
+    /// Its id (`[[tenant]] id`).
     pub id: String,
-    pub hosts: Vec<String>,
+    /// Opens and seals its links.
     pub token: TokenPlugin,
+    /// Decides what its requests may fetch.
     pub policy: PolicyPlugin,
     /// Lifetime of links minted without an explicit TTL.
     pub default_ttl: Duration,
@@ -58,7 +61,6 @@ impl Tenants {
             }
             all.push(Arc::new(Tenant {
                 id: t.id.clone(),
-                hosts: t.hosts.clone(),
                 token,
                 policy,
                 default_ttl: Duration::from_secs(t.default_ttl_secs),
@@ -78,8 +80,8 @@ impl Tenants {
         })
     }
 
-    /// The tenant for a request's Host header (port and case ignored), else `default_tenant`;
-    /// `None` when neither matches (the caller answers 404).
+    /// The tenant for a request's host (`:authority` or `Host`; port and case ignored), else
+    /// `default_tenant`; `None` when neither matches (the caller answers 404).
     pub fn for_host(&self, host: Option<&str>) -> Option<&Arc<Tenant>> {
         host.map(strip_port)
             .and_then(|h| self.by_host.get(&h.to_ascii_lowercase()))
@@ -88,10 +90,12 @@ impl Tenants {
             .map(|i| &self.all[i])
     }
 
+    /// The tenant with id `id`.
     pub fn get(&self, id: &str) -> Option<&Arc<Tenant>> {
         self.all.iter().find(|t| t.id == id)
     }
 
+    /// `default_tenant`, else the first tenant: whom `mint` seals for without `--tenant`.
     pub fn default_tenant(&self) -> &Arc<Tenant> {
         &self.all[self.default]
     }

@@ -395,7 +395,7 @@ pub fn silent_server() -> (std::net::TcpListener, String) {
 /// A token that expired an hour ago, sealed with the gateway's own key by the real plugin.
 pub async fn seal_expired(gw: &Gateway, url: &str) -> String {
     use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest};
-    let config = streamgate::config::Config::embedded(gw.state_dir(), true).unwrap();
+    let config = streamgate::state::embedded_config(gw.state_dir(), true).unwrap();
     let engine = PluginEngine::new(EngineSettings::default()).unwrap();
     let tenants = streamgate::tenant::Tenants::build(&engine, &config).unwrap();
     let tenant = tenants.default_tenant();

@@ -289,7 +289,7 @@ fn refused(r: &CurlResult, status: u16, code: Option<&str>) -> Result<(), String
 /// another minting tool), and the gateway must still refuse it.
 async fn seal_raw(gw: &Gateway, url: &str, format: &str) -> String {
     use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest};
-    let config = streamgate::config::Config::embedded(gw.state_dir(), false).unwrap();
+    let config = streamgate::state::embedded_config(gw.state_dir(), false).unwrap();
     let engine = PluginEngine::new(EngineSettings::default()).unwrap();
     let tenants = streamgate::tenant::Tenants::build(&engine, &config).unwrap();
     let tenant = tenants.default_tenant();

@@ -122,7 +122,8 @@ mod tests {
         );
         let config: crate::config::Config = toml::from_str(&text).unwrap();
         let metrics = Metrics::new();
-        (Limiter::new(&config, metrics.clone()).unwrap(), metrics)
+        let limiter = Limiter::new(&config.limits, config.tenant_limits(), metrics.clone());
+        (limiter, metrics)
     }
 
     fn limit_of(e: LimitError) -> Limit {
@@ -179,7 +180,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         l.check_resolve("b", ip).await.unwrap();
-        l.reload(&reloaded());
+        l.reload(reloaded().tenant_limits());
         l.check_resolve("a", ip).await.unwrap();
     }
 

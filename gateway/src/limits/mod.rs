@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use serde::Deserialize;
 
-use crate::config::Config;
+use crate::config::{LimitsConfig, OnLimiterError, TenantLimits};
 use crate::metrics::Metrics;
 
 /// Seconds a client is told to wait when a concurrency limit is reached: slots free when
@@ -29,76 +28,21 @@ pub const STREAM_RETRY_AFTER_SECS: u32 = 5;
 /// what is left of the window.
 pub(crate) const RESOLVE_WINDOW: Duration = Duration::from_secs(60);
 
-/// A tenant's `limits` table; every limit is optional (unset = unlimited).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct TenantLimits {
-    /// Concurrent streams of the tenant, across every replica sharing the counters.
-    pub max_streams: Option<u32>,
-    /// Concurrent streams of one client address (IP, any port) within the tenant.
-    pub max_streams_per_client: Option<u32>,
-    /// `POST /v1/resolve` calls per minute (a window opened by the first one).
-    pub resolves_per_minute: Option<u32>,
-    /// The same per client address (IP), so one client cannot spend the tenant's budget.
-    pub resolves_per_minute_per_client: Option<u32>,
-}
-
-/// The top-level `[limits]` table: where counters live and what a backend failure means.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// `redis://host:port/db`; unset: counters in memory, per process.
-    #[serde(default)]
-    pub redis_url: Option<String>,
-    #[serde(default)]
-    pub on_limiter_error: OnLimiterError,
-    /// Seconds a Redis slot outlives its last heartbeat (a dead replica's slots free then).
-    #[serde(default = "default_slot_ttl")]
-    pub slot_ttl_secs: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            redis_url: None,
-            on_limiter_error: OnLimiterError::default(),
-            slot_ttl_secs: default_slot_ttl(),
-        }
-    }
-}
-
-fn default_slot_ttl() -> u64 {
-    30
-}
-
-/// What to do when the counters cannot be reached: refuse (503) or let the request through.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum OnLimiterError {
-    #[default]
-    Deny,
-    Allow,
-}
-
-impl OnLimiterError {
-    fn as_str(self) -> &'static str {
-        match self {
-            OnLimiterError::Deny => "deny",
-            OnLimiterError::Allow => "allow",
-        }
-    }
-}
-
 /// Which limit refused a request (also the `limit` label of the rejection metric).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Limit {
+    /// `max_streams`.
     MaxStreams,
+    /// `max_streams_per_client`.
     MaxStreamsPerClient,
+    /// `resolves_per_minute`.
     ResolvesPerMinute,
+    /// `resolves_per_minute_per_client`.
     ResolvesPerMinutePerClient,
 }
 
 impl Limit {
+    /// The field's name.
     pub fn as_str(self) -> &'static str {
         match self {
             Limit::MaxStreams => "max_streams",
@@ -112,12 +56,17 @@ impl Limit {
 /// Why the limiter refused; `error::GatewayError::Limit` turns it into 429 or 503.
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
+    /// A limit is reached: 429 with `Retry-After`.
     #[error("tenant {tenant:?} reached its {} limit", .limit.as_str())]
     Limited {
+        /// The tenant.
         tenant: String,
+        /// Which limit.
         limit: Limit,
+        /// Seconds the client is told to wait.
         retry_after_secs: u32,
     },
+    /// The counters could not be reached and `on_limiter_error = "deny"`: 503.
     #[error("the limiter's backend failed: {0}")]
     Unavailable(String),
 }
@@ -177,29 +126,33 @@ struct Inner {
 
 impl Limiter {
     /// The backend is chosen once (by `[limits] redis_url`); Redis is connected lazily, so a
-    /// gateway starts even while Redis is down.
-    pub fn new(config: &Config, metrics: Metrics) -> Result<Limiter, crate::config::ConfigError> {
-        let backend = match &config.limits.redis_url {
+    /// gateway starts even while Redis is down. `tenants`: each tenant's limits by id.
+    pub fn new(
+        config: &LimitsConfig,
+        tenants: HashMap<String, TenantLimits>,
+        metrics: Metrics,
+    ) -> Limiter {
+        let backend = match &config.redis_url {
             Some(url) => {
-                let ttl = Duration::from_secs(config.limits.slot_ttl_secs);
-                Backend::Redis(redis::RedisCounters::new(url, ttl)?)
+                let ttl = Duration::from_secs(config.slot_ttl_secs);
+                Backend::Redis(redis::RedisCounters::new(url.info(), ttl))
             }
             None => Backend::Memory(memory::MemoryCounters::default()),
         };
-        Ok(Limiter {
+        Limiter {
             inner: Arc::new(Inner {
                 backend,
-                on_error: config.limits.on_limiter_error,
-                limits: ArcSwap::from_pointee(tenant_limits(config)),
+                on_error: config.on_limiter_error,
+                limits: ArcSwap::from_pointee(tenants),
                 metrics,
             }),
-        })
+        }
     }
 
-    /// Takes the tenants' limits from a new config; counters and held slots carry over.
-    /// (`[limits]` itself — backend, policy — needs a restart.)
-    pub fn reload(&self, config: &Config) {
-        self.inner.limits.store(Arc::new(tenant_limits(config)));
+    /// Takes the tenants' limits of a new configuration; counters and held slots carry
+    /// over. (`[limits]` itself — backend, policy — needs a restart.)
+    pub fn reload(&self, tenants: HashMap<String, TenantLimits>) {
+        self.inner.limits.store(Arc::new(tenants));
     }
 
     fn limits(&self, tenant: &str) -> TenantLimits {
@@ -296,60 +249,5 @@ impl Limiter {
             OnLimiterError::Deny => Err(LimitError::Unavailable(e.0)),
             OnLimiterError::Allow => Ok(()),
         }
-    }
-}
-
-fn tenant_limits(config: &Config) -> HashMap<String, TenantLimits> {
-    let all = config.tenants.iter();
-    all.map(|t| (t.id.clone(), t.limits.clone())).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const BASE: &str = r#"
-        [[tenant]]
-        id = "a"
-        token = { builtin = "token-xchacha" }
-        policy = { builtin = "policy-allowlist" }
-        limits = { max_streams = 3 }
-    "#;
-
-    fn parse(global: &str) -> Result<Config, String> {
-        let c: Config = toml::from_str(&format!("{global}\n{BASE}")).map_err(|e| e.to_string())?;
-        c.validate().map_err(|e| e.to_string())?;
-        Ok(c)
-    }
-
-    #[test]
-    fn limits_tables_parse_with_defaults() {
-        let c = parse("").unwrap();
-        assert_eq!(c.limits, LimitsConfig::default());
-        assert_eq!(c.limits.on_limiter_error, OnLimiterError::Deny);
-        assert_eq!(c.tenants[0].limits.max_streams, Some(3));
-        assert_eq!(c.tenants[0].limits.resolves_per_minute, None);
-        let per_client = BASE.replace("max_streams = 3", "resolves_per_minute_per_client = 7");
-        let c: Config = toml::from_str(&per_client).unwrap();
-        assert_eq!(c.tenants[0].limits.resolves_per_minute_per_client, Some(7));
-        let c =
-            parse("[limits]\nredis_url = \"redis://127.0.0.1:1/\"\non_limiter_error = \"allow\"")
-                .unwrap();
-        assert_eq!(c.limits.on_limiter_error, OnLimiterError::Allow);
-        assert_eq!(c.limits.slot_ttl_secs, 30);
-    }
-
-    #[test]
-    fn bad_limits_are_refused() {
-        for bad in [
-            "[limits]\non_limiter_error = \"maybe\"",
-            "[limits]\nslot_ttl = 5",
-            "[limits]\nslot_ttl_secs = 1",
-            "[limits]\nredis_url = \"http://x\"",
-        ] {
-            assert!(parse(bad).is_err(), "{bad}");
-        }
-        let typo = BASE.replace("max_streams", "max_stream");
-        assert!(toml::from_str::<Config>(&typo).is_err());
     }
 }

@@ -14,7 +14,6 @@ use tokio::sync::OnceCell;
 use tokio::task::JoinHandle;
 
 use super::{BackendError, Limit, RESOLVE_WINDOW, ResolveKey, SlotRequest, StreamSlot};
-use crate::config::ConfigError;
 
 /// Every Redis round trip is bounded: a hung Redis must not hang requests.
 const CALL_TIMEOUT: Duration = Duration::from_secs(2);
@@ -79,10 +78,11 @@ struct Shared {
 }
 
 impl RedisCounters {
-    pub fn new(url: &str, slot_ttl: Duration) -> Result<Self, ConfigError> {
-        let client = redis::Client::open(url)
-            .map_err(|e| ConfigError::Invalid(format!("limits.redis_url: {e}")))?;
-        Ok(RedisCounters {
+    /// `info`: the URL parsed when the configuration was read.
+    pub fn new(info: &redis::ConnectionInfo, slot_ttl: Duration) -> Self {
+        // A `ConnectionInfo` converts into itself: `open` cannot fail here.
+        let client = redis::Client::open(info.clone()).expect("a parsed Redis URL opens");
+        RedisCounters {
             shared: Arc::new(Shared {
                 client,
                 conn: OnceCell::new(),
@@ -92,7 +92,7 @@ impl RedisCounters {
                 release: Script::new(RELEASE),
                 resolve: Script::new(RESOLVE),
             }),
-        })
+        }
     }
 
     pub async fn acquire(

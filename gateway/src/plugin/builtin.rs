@@ -55,11 +55,6 @@ pub fn xchacha_generate_key() -> String {
     format!("k{id}:{}", URL_SAFE_NO_PAD.encode(secret))
 }
 
-/// The key id of a `token-xchacha` key-ring entry (`id:secret`).
-pub fn xchacha_key_id(entry: &str) -> Option<&str> {
-    entry.split_once(':').map(|(id, _)| id.trim())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,7 +66,6 @@ mod tests {
         assert_eq!(id.len(), 9);
         assert_eq!(URL_SAFE_NO_PAD.decode(secret).unwrap().len(), 32);
         assert_ne!(key, xchacha_generate_key());
-        assert_eq!(xchacha_key_id(&key), Some(id));
     }
 
     #[test]

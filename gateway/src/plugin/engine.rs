@@ -9,7 +9,9 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{Semaphore, SemaphorePermit};
+use std::future::Future;
+
+use tokio::sync::Semaphore;
 use wasmtime::component::{Component, HasSelf, InstancePre, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
 use wasmtime_wasi::WasiCtx;
@@ -174,14 +176,22 @@ impl PluginEngine {
         Ok(pre)
     }
 
-    /// Waits for a pool slot, then makes the store for one call.
-    pub(crate) async fn begin(
+    /// One plugin call, the only way plugins run: a pool slot, a fresh store under the
+    /// limits, `pre` instantiated into it, `run` given the instance and the store (and
+    /// handing the store back), then the plugin's output logged and any failure named.
+    pub(crate) async fn call<P, T, F>(
         &self,
         plugin: &Arc<str>,
         config: &Arc<BTreeMap<String, String>>,
-    ) -> Call<'_> {
+        pre: &P,
+        run: impl FnOnce(P::Instance, Store<HostState>) -> F,
+    ) -> Result<T, PluginError>
+    where
+        P: Instantiate,
+        F: Future<Output = (Store<HostState>, wasmtime::Result<T>)>,
+    {
         let inner = &*self.inner;
-        let permit = inner.permits.acquire().await.expect("never closed");
+        let _permit = inner.permits.acquire().await.expect("never closed");
         let cap = inner.settings.log_cap_bytes;
         let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
         // No env, args, preopens or network; stdin is empty.
@@ -203,13 +213,76 @@ impl PluginEngine {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(inner.deadline_ticks);
         store.epoch_deadline_trap();
-        Call {
-            store,
-            stdout,
-            stderr,
-            _permit: permit,
+        let (store, phase, result) = match pre.instantiate(&mut store).await {
+            Ok(instance) => {
+                let (store, result) = run(instance, store).await;
+                (store, Phase::Call, result)
+            }
+            Err(e) => (store, Phase::Instantiate, Err(e)),
+        };
+        for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
+            let (text, truncated) = pipe.take();
+            if !text.is_empty() {
+                tracing::info!(
+                    plugin = &**plugin,
+                    stream,
+                    truncated,
+                    "plugin output: {}",
+                    text.trim_end()
+                );
+            }
         }
+        result.map_err(|e| failure(plugin, &store, phase, e))
     }
+}
+
+/// A component linked for one world, ready to instantiate into a call's store.
+pub(crate) trait Instantiate: Sync {
+    /// The world's typed instance.
+    type Instance: Send;
+    /// Instantiates into `store` (its limits and deadline already set).
+    fn instantiate<'a>(
+        &'a self,
+        store: &'a mut Store<HostState>,
+    ) -> impl Future<Output = wasmtime::Result<Self::Instance>> + Send + 'a;
+}
+
+/// The phase a call failed in, for errors that are not traps.
+#[derive(Clone, Copy)]
+enum Phase {
+    Instantiate,
+    Call,
+}
+
+/// Names a failed call: the memory cap, the deadline, a trap, or an instantiation failure.
+fn failure(
+    plugin: &str,
+    store: &Store<HostState>,
+    phase: Phase,
+    err: wasmtime::Error,
+) -> PluginError {
+    let plugin = plugin.to_owned();
+    let error = if store.data().limiter.hit {
+        PluginError::MemoryLimit { plugin }
+    } else {
+        match (err.downcast_ref::<Trap>(), phase) {
+            (Some(Trap::Interrupt), _) => PluginError::Deadline { plugin },
+            (Some(_), _) => PluginError::Trap {
+                plugin,
+                message: format!("{err:?}"),
+            },
+            (None, Phase::Instantiate) => PluginError::Instantiate {
+                plugin,
+                message: format!("{err:#}"),
+            },
+            (None, Phase::Call) => PluginError::Trap {
+                plugin,
+                message: format!("{err:#}"),
+            },
+        }
+    };
+    tracing::warn!(plugin = error.plugin(), "plugin call failed: {error}");
+    error
 }
 
 /// Ticks covering `deadline`, plus one for the tick already in progress (Spin's rule).
@@ -261,67 +334,6 @@ struct HasTable;
 
 impl wasmtime::component::HasData for HasTable {
     type Data<'a> = &'a mut ResourceTable;
-}
-
-/// The phase a call failed in, for errors that are not traps.
-#[derive(Clone, Copy)]
-pub(crate) enum Phase {
-    Instantiate,
-    Call,
-}
-
-/// One plugin call in progress: its store, captured output and pool permit.
-pub(crate) struct Call<'a> {
-    pub store: Store<HostState>,
-    stdout: CappedPipe,
-    stderr: CappedPipe,
-    _permit: SemaphorePermit<'a>,
-}
-
-impl Call<'_> {
-    /// Logs the plugin's output and turns a wasmtime result into ours.
-    pub fn finish<T>(self, phase: Phase, result: wasmtime::Result<T>) -> Result<T, PluginError> {
-        let plugin = self.store.data().plugin.to_string();
-        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
-            let (text, truncated) = pipe.take();
-            if !text.is_empty() {
-                tracing::info!(
-                    plugin,
-                    stream,
-                    truncated,
-                    "plugin output: {}",
-                    text.trim_end()
-                );
-            }
-        }
-        let err = match result {
-            Ok(value) => return Ok(value),
-            Err(err) => err,
-        };
-        let error = if self.store.data().limiter.hit {
-            PluginError::MemoryLimit { plugin }
-        } else {
-            match err.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => PluginError::Deadline { plugin },
-                Some(_) => PluginError::Trap {
-                    plugin,
-                    message: format!("{err:?}"),
-                },
-                None => match phase {
-                    Phase::Instantiate => PluginError::Instantiate {
-                        plugin,
-                        message: format!("{err:#}"),
-                    },
-                    Phase::Call => PluginError::Trap {
-                        plugin,
-                        message: format!("{err:#}"),
-                    },
-                },
-            }
-        };
-        tracing::warn!(plugin = error.plugin(), "plugin call failed: {error}");
-        Err(error)
-    }
 }
 
 #[cfg(test)]

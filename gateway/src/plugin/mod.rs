@@ -13,39 +13,14 @@ mod host;
 mod policy;
 mod token;
 
-use std::time::Duration;
-
 use serde::{Deserialize, Serialize};
 
-pub use builtin::xchacha_generate_key as generate_key;
+/// The engine's limits are a configuration section (`[plugins]`).
+pub use crate::config::EngineSettings;
 pub use engine::PluginEngine;
 pub use host::unix_now;
 pub use policy::PolicyPlugin;
 pub use token::TokenPlugin;
-
-/// Limits every plugin call runs under; one set per [`PluginEngine`].
-#[derive(Clone, Debug)]
-pub struct EngineSettings {
-    /// Wall-clock budget of one call, instantiation included (default 50 ms).
-    pub deadline: Duration,
-    /// Linear memory one instance may use, all memories together (default 16 MiB).
-    pub memory_limit: usize,
-    /// Instances alive at once (the pooling allocator's size); further calls wait.
-    pub max_instances: u32,
-    /// Bytes of plugin output (stdout, stderr, `log`) kept per call and stream (default 16 KiB).
-    pub log_cap_bytes: usize,
-}
-
-impl Default for EngineSettings {
-    fn default() -> Self {
-        Self {
-            deadline: Duration::from_millis(50),
-            memory_limit: 16 << 20,
-            max_instances: 32,
-            log_cap_bytes: 16 << 10,
-        }
-    }
-}
 
 /// The HTTP request as a plugin sees it (WIT `http-request`).
 #[derive(Clone, Debug, Default)]

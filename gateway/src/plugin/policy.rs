@@ -2,11 +2,14 @@
 //! or deny it.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
-use super::bindings::policy::PolicyPluginPre;
+use wasmtime::Store;
+
 use super::bindings::policy::exports::streamgate::plugin::policy::Decision;
-use super::engine::{Phase, PluginEngine};
+use super::bindings::policy::{PolicyPlugin as Instance, PolicyPluginPre};
+use super::engine::{Instantiate, PluginEngine};
 use super::host::HostState;
 use super::token::{from_wit_denial, to_wit_request, to_wit_stream};
 use super::{PluginError, PolicyDecision, RequestInfo, StreamRequest};
@@ -54,25 +57,33 @@ impl PolicyPlugin {
         stream: &StreamRequest,
     ) -> Result<PolicyDecision, PluginError> {
         let inner = &*self.inner;
-        let mut call = inner.engine.begin(&inner.name, &inner.config).await;
-        let instance = match inner.pre.instantiate_async(&mut call.store).await {
-            Ok(instance) => instance,
-            Err(e) => return call.finish(Phase::Instantiate, Err(e)),
+        let (req, stream) = (to_wit_request(req), to_wit_stream(stream));
+        let run = |instance: Instance, mut store: Store<HostState>| async move {
+            let plugin = instance.streamgate_plugin_policy();
+            let result = plugin.call_check(&mut store, &req, &stream).await;
+            (store, result)
         };
-        let result = instance
-            .streamgate_plugin_policy()
-            .call_check(
-                &mut call.store,
-                &to_wit_request(req),
-                &to_wit_stream(stream),
-            )
-            .await;
-        Ok(match call.finish(Phase::Call, result)? {
+        let decision = inner
+            .engine
+            .call(&inner.name, &inner.config, &inner.pre, run)
+            .await?;
+        Ok(match decision {
             Decision::Allow(changes) => PolicyDecision::Allow {
                 format: changes.format,
                 filename: changes.filename,
             },
             Decision::Deny(denial) => PolicyDecision::Deny(from_wit_denial(denial)),
         })
+    }
+}
+
+impl Instantiate for PolicyPluginPre<HostState> {
+    type Instance = Instance;
+
+    fn instantiate<'a>(
+        &'a self,
+        store: &'a mut Store<HostState>,
+    ) -> impl Future<Output = wasmtime::Result<Instance>> + Send + 'a {
+        self.instantiate_async(store)
     }
 }

@@ -2,11 +2,14 @@
 //! seal one into a token.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
 
-use super::bindings::token::TokenPluginPre;
+use wasmtime::Store;
+
+use super::bindings::token::{TokenPlugin as Instance, TokenPluginPre};
 use super::bindings::types;
-use super::engine::{Phase, PluginEngine};
+use super::engine::{Instantiate, PluginEngine};
 use super::host::HostState;
 use super::{Denial, PluginError, RequestInfo, StreamRequest};
 
@@ -53,16 +56,16 @@ impl TokenPlugin {
         token: &str,
     ) -> Result<Result<StreamRequest, Denial>, PluginError> {
         let inner = &*self.inner;
-        let mut call = inner.engine.begin(&inner.name, &inner.config).await;
-        let instance = match inner.pre.instantiate_async(&mut call.store).await {
-            Ok(instance) => instance,
-            Err(e) => return call.finish(Phase::Instantiate, Err(e)),
+        let req = to_wit_request(req);
+        let run = |instance: Instance, mut store: Store<HostState>| async move {
+            let plugin = instance.streamgate_plugin_token();
+            let result = plugin.call_open(&mut store, &req, token).await;
+            (store, result)
         };
-        let result = instance
-            .streamgate_plugin_token()
-            .call_open(&mut call.store, &to_wit_request(req), token)
-            .await;
-        let opened = call.finish(Phase::Call, result)?;
+        let opened = inner
+            .engine
+            .call(&inner.name, &inner.config, &inner.pre, run)
+            .await?;
         Ok(opened.map(from_wit_stream).map_err(from_wit_denial))
     }
 
@@ -73,16 +76,27 @@ impl TokenPlugin {
         req: &StreamRequest,
     ) -> Result<Result<String, String>, PluginError> {
         let inner = &*self.inner;
-        let mut call = inner.engine.begin(&inner.name, &inner.config).await;
-        let instance = match inner.pre.instantiate_async(&mut call.store).await {
-            Ok(instance) => instance,
-            Err(e) => return call.finish(Phase::Instantiate, Err(e)),
+        let req = to_wit_stream(req);
+        let run = |instance: Instance, mut store: Store<HostState>| async move {
+            let plugin = instance.streamgate_plugin_token();
+            let result = plugin.call_seal(&mut store, tenant, &req).await;
+            (store, result)
         };
-        let result = instance
-            .streamgate_plugin_token()
-            .call_seal(&mut call.store, tenant, &to_wit_stream(req))
-            .await;
-        call.finish(Phase::Call, result)
+        inner
+            .engine
+            .call(&inner.name, &inner.config, &inner.pre, run)
+            .await
+    }
+}
+
+impl Instantiate for TokenPluginPre<HostState> {
+    type Instance = Instance;
+
+    fn instantiate<'a>(
+        &'a self,
+        store: &'a mut Store<HostState>,
+    ) -> impl Future<Output = wasmtime::Result<Instance>> + Send + 'a {
+        self.instantiate_async(store)
     }
 }
 

@@ -1,11 +1,16 @@
-//! Frames → HTTP body. The body polls the job's socket directly: data is read only when
-//! hyper asks for the next chunk, so a slow client leaves frames in the kernel's socket
-//! buffers and the sidecar (which writes only as fast as the socket drains) slows yt-dlp.
-//! Once the metadata is in, the connection's codec switches to
-//! [`FrameCodec::streaming_data`]: data payloads come out in pieces of at most [`CHUNK`]
-//! bytes as they arrive, never buffered as whole frames, so a stalled stream holds hyper's
-//! capped write queue (`server::HTTP1_MAX_BUF`) plus one read buffer, whatever frame size the
-//! sidecar uses. Each chunk is the `Bytes` the codec split off its buffer: no copy.
+//! The body of one media response, and everything a running stream holds: the job's
+//! connection, the tenant's limiter slot, the drain guard and its metrics recorder. All of
+//! them are released when the body drops, however the stream ends (complete, failed, client
+//! gone, cut by the drain) — tower's concurrency limit, where the response owns its permit.
+//!
+//! The body polls the job's socket directly: data is read only when hyper asks for the next
+//! chunk, so a slow client leaves frames in the kernel's socket buffers and the sidecar
+//! (which writes only as fast as the socket drains) slows yt-dlp. Once the metadata is in,
+//! the connection's codec switches to [`FrameCodec::streaming_data`]: data payloads come out
+//! in pieces of at most [`CHUNK`] bytes as they arrive, never buffered as whole frames, so a
+//! stalled stream holds hyper's capped write queue (`server::HTTP1_MAX_BUF`) plus one read
+//! buffer, whatever frame size the sidecar uses. Each chunk is the `Bytes` the codec split
+//! off its buffer: no copy.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,26 +25,43 @@ use streamgate_protocol::{Frame, FrameCodec, JobError, ProtocolError};
 use tokio_util::codec::Encoder;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
-use crate::sidecar::JobConnection;
-
-/// Largest body chunk the relay yields at once; also the job connection's read buffer size.
-pub const CHUNK: usize = 64 * 1024;
+use crate::limits::StreamSlot;
+use crate::metrics::StreamRecorder;
+use crate::sidecar::{CHUNK, JobConnection};
 
 /// Why a body stopped before its end. Yielding one makes hyper abort the response: no final
 /// chunk (chunked) or a short body (Content-Length), so the client knows the file is cut.
 #[derive(Debug, thiserror::Error)]
 pub enum RelayError {
+    /// The sidecar sent an error frame after data.
     #[error("the job failed mid-transfer: {0}")]
     Job(JobError),
+    /// A frame that breaks docs/protocol.md.
     #[error("the sidecar broke the protocol: {0}")]
     Protocol(#[from] ProtocolError),
+    /// The connection closed without an `end` frame.
     #[error("the sidecar connection closed after {sent} bytes without an end frame")]
-    Truncated { sent: u64 },
+    Truncated {
+        /// Bytes relayed before.
+        sent: u64,
+    },
+    /// `end` counted other bytes than were relayed.
     #[error("the sidecar reported {reported} bytes, {sent} were relayed")]
-    Miscount { reported: u64, sent: u64 },
+    Miscount {
+        /// The `end` frame's count.
+        reported: u64,
+        /// Bytes relayed.
+        sent: u64,
+    },
     /// The response declared a `Content-Length`: the body may carry neither less nor more.
     #[error("the response declared {declared} bytes, the sidecar sent {sent}")]
-    Length { declared: u64, sent: u64 },
+    Length {
+        /// The `Content-Length`.
+        declared: u64,
+        /// Bytes the sidecar sent.
+        sent: u64,
+    },
+    /// The drain deadline passed ([`Drain::abort_all`]).
     #[error("the server is shutting down and the drain deadline has passed")]
     ShuttingDown,
 }
@@ -47,13 +69,14 @@ pub enum RelayError {
 /// The bodies still relaying: how many (drain logs, `/readyz`), and a switch that makes
 /// them all abort once the drain deadline has passed.
 #[derive(Clone, Debug, Default)]
-pub struct ActiveStreams {
+pub struct Drain {
     count: Arc<AtomicUsize>,
     abort: CancellationToken,
 }
 
-impl ActiveStreams {
-    pub fn get(&self) -> usize {
+impl Drain {
+    /// Bodies relaying now.
+    pub fn active(&self) -> usize {
         self.count.load(Ordering::Relaxed)
     }
 
@@ -61,50 +84,85 @@ impl ActiveStreams {
     pub fn abort_all(&self) {
         self.abort.cancel();
     }
+
+    /// Counts one body until the guard drops.
+    pub fn guard(&self) -> DrainGuard {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        DrainGuard {
+            count: self.count.clone(),
+            aborted: Mutex::new(Box::pin(self.abort.clone().cancelled_owned())),
+        }
+    }
+}
+
+/// One body's place in the [`Drain`].
+pub struct DrainGuard {
+    count: Arc<AtomicUsize>,
+    /// Behind a `Mutex` only to be `Sync` (warp wants it); reached with `get_mut`, no locking.
+    aborted: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+impl DrainGuard {
+    fn poll_aborted(&mut self, cx: &mut Context<'_>) -> bool {
+        let aborted = self
+            .aborted
+            .get_mut()
+            .expect("never poisoned: no panics while held");
+        aborted.as_mut().poll(cx).is_ready()
+    }
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a stream holds besides its connection; released with the body.
+pub struct Held {
+    /// For the log lines of the stream's end.
+    pub request_id: String,
+    /// When the request arrived: the time-to-first-byte origin.
+    pub received: Instant,
+    /// The tenant's concurrency slot.
+    pub slot: StreamSlot,
+    /// Its place in the drain.
+    pub drain: DrainGuard,
+    /// Its metrics.
+    pub metrics: StreamRecorder,
 }
 
 /// The body of one media response.
 pub struct MediaBody {
     conn: JobConnection,
-    request_id: String,
     /// The `Content-Length` the response declared, if any.
     declared: Option<u64>,
     sent: u64,
     started: Instant,
     done: bool,
-    active: ActiveStreams,
-    /// Behind a `Mutex` only to be `Sync` (warp wants it); reached with `get_mut`, no locking.
-    aborted: Mutex<Pin<Box<WaitForCancellationFutureOwned>>>,
+    held: Held,
 }
 
 impl MediaBody {
-    /// `declared`: the response's `Content-Length`, which the body must match exactly.
-    pub fn new(
-        mut conn: JobConnection,
-        request_id: String,
-        declared: Option<u64>,
-        active: ActiveStreams,
-    ) -> Self {
+    /// `conn`: a job past its metadata; `declared`: the response's `Content-Length`, which
+    /// the body must match exactly.
+    pub fn new(mut conn: JobConnection, declared: Option<u64>, held: Held) -> Self {
         // Between frames (the metadata was the last one decoded): safe to swap codecs.
         *conn.codec_mut() = FrameCodec::streaming_data(CHUNK);
-        active.count.fetch_add(1, Ordering::Relaxed);
-        let aborted = Mutex::new(Box::pin(active.abort.clone().cancelled_owned()));
         MediaBody {
-            aborted,
             conn,
-            request_id,
             declared,
             sent: 0,
             started: Instant::now(),
             done: false,
-            active,
+            held,
         }
     }
 
     fn finish(&mut self, outcome: Result<(), &RelayError>) {
         self.done = true;
         let (id, bytes, secs) = (
-            &self.request_id,
+            &self.held.request_id,
             self.sent,
             self.started.elapsed().as_secs_f64(),
         );
@@ -115,8 +173,23 @@ impl MediaBody {
     }
 
     fn fail(&mut self, err: RelayError) -> Poll<Option<Result<Bytes, RelayError>>> {
+        if let RelayError::Job(e) = &err {
+            self.held.metrics.sidecar_error(e.code.as_str());
+        }
         self.finish(Err(&err));
         Poll::Ready(Some(Err(err)))
+    }
+
+    /// Counts `bytes` as relayed.
+    fn record(&mut self, bytes: &Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.sent == 0 {
+            self.held.metrics.first_byte(self.held.received.elapsed());
+        }
+        self.held.metrics.bytes(bytes.len() as u64);
+        self.sent += bytes.len() as u64;
     }
 }
 
@@ -128,11 +201,7 @@ impl Stream for MediaBody {
         if this.done {
             return Poll::Ready(None);
         }
-        let aborted = this
-            .aborted
-            .get_mut()
-            .expect("never poisoned: no panics while held");
-        if aborted.as_mut().poll(cx).is_ready() {
+        if this.held.drain.poll_aborted(cx) {
             send_cancel(&this.conn);
             return this.fail(RelayError::ShuttingDown);
         }
@@ -146,7 +215,7 @@ impl Stream for MediaBody {
                     send_cancel(&this.conn);
                     return this.fail(RelayError::Length { declared, sent });
                 }
-                this.sent = sent;
+                this.record(&bytes);
                 // hyper drops a body once its Content-Length is written, without asking for
                 // more: the declared bytes are the whole answer, whatever comes after.
                 if this.declared == Some(sent) {
@@ -185,13 +254,12 @@ impl Drop for MediaBody {
     /// down): tell the sidecar to stop now. Closing the socket would do too; the explicit
     /// `cancel` is best effort, written without blocking.
     fn drop(&mut self) {
-        self.active.count.fetch_sub(1, Ordering::Relaxed);
         if self.done {
             return;
         }
         send_cancel(&self.conn);
         tracing::info!(
-            request_id = %self.request_id,
+            request_id = %self.held.request_id,
             bytes = self.sent,
             secs = self.started.elapsed().as_secs_f64(),
             "client left; job cancelled"
@@ -268,7 +336,14 @@ mod tests {
         let mut conn = connection(ours);
         let first = next_frame(&mut conn, "test").await.unwrap();
         assert!(matches!(first, Frame::Metadata(_)));
-        let mut body = MediaBody::new(conn, "test".into(), declared, ActiveStreams::default());
+        let held = Held {
+            request_id: "test".into(),
+            received: Instant::now(),
+            slot: StreamSlot::unlimited(),
+            drain: Drain::default().guard(),
+            metrics: crate::metrics::Metrics::new().stream("t"),
+        };
+        let mut body = MediaBody::new(conn, declared, held);
         let (mut got, mut largest, mut err) = (Vec::new(), 0, None);
         while let Some(item) = body.next().await {
             match item {

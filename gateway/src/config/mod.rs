@@ -1,7 +1,12 @@
-//! The gateway's configuration: TOML structs that refuse unknown fields (a typo must not
-//! silently disable a setting), and the embedded default used when no file is given.
+//! The gateway's configuration: plain TOML structs that refuse unknown fields (a typo must
+//! not silently disable a setting), their checks, and the embedded default used when no file
+//! is given. A leaf: it imports no other gateway module, and reading it writes nothing.
 
-use std::collections::BTreeMap;
+mod limits;
+mod plugins;
+mod secrets;
+
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -11,9 +16,10 @@ use streamgate_addr::Cidr;
 use streamgate_protocol::EgressRules;
 use url::Url;
 
-use crate::limits::{LimitsConfig, TenantLimits};
-use crate::secrets::{ConfigValue, resolve_map};
-use crate::state;
+pub use limits::{LimitsConfig, OnLimiterError, RedisUrl, TenantLimits};
+pub use plugins::EngineSettings;
+use secrets::resolve_map;
+pub use secrets::{ConfigValue, EnvRef, FileRef};
 
 /// Tenant id of the embedded default configuration.
 pub const DEFAULT_TENANT: &str = "default";
@@ -21,22 +27,32 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Why a configuration could not be loaded or used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// The file could not be read.
     #[error("reading {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// The file is not valid TOML or does not fit the structs.
     // Not a `source`: toml's message already is the whole story (line, field, snippet).
     #[error("{}: {error}", .path.display())]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// toml's message.
         error: Box<toml::de::Error>,
     },
+    /// The embedded default's state directory (its key file) could not be used.
     #[error("state directory {path}: {source}")]
     State {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         source: std::io::Error,
     },
+    /// A value breaks a rule serde cannot express; the message names the field.
     #[error("{0}")]
     Invalid(String),
 }
@@ -51,16 +67,21 @@ pub struct Config {
     /// Seconds running streams may take to finish after SIGTERM.
     #[serde(default = "default_drain_secs")]
     pub drain_secs: u64,
+    /// Where the sidecar is (`[sidecar]`).
     #[serde(default)]
     pub sidecar: SidecarConfig,
     /// Tenant serving requests whose Host matches no tenant; the first tenant when unset.
     #[serde(default)]
     pub default_tenant: Option<String>,
+    /// Every `[[tenant]]`.
     #[serde(rename = "tenant")]
     pub tenants: Vec<TenantConfig>,
     /// Where limit counters live (`redis_url`) and what a limiter failure means.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// The limits every plugin call runs under (`[plugins]`).
+    #[serde(default)]
+    pub plugins: EngineSettings,
 }
 
 /// Where the sidecar is: a socket to connect to, or a process the gateway runs itself.
@@ -94,6 +115,7 @@ pub struct SidecarConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
+    /// Unique id: metrics label, the `tenant` plugins and jobs see.
     pub id: String,
     /// Host names (without port) routed to this tenant.
     #[serde(default)]
@@ -101,7 +123,9 @@ pub struct TenantConfig {
     /// Lifetime of links minted without `--ttl`.
     #[serde(default = "default_ttl_secs")]
     pub default_ttl_secs: u64,
+    /// Opens and seals link tokens.
     pub token: PluginConfig,
+    /// Allows or denies what a token (or a resolve body) asks for.
     pub policy: PluginConfig,
     /// Concurrent streams and resolves per minute; every limit optional (unset: unlimited).
     #[serde(default)]
@@ -202,7 +226,7 @@ impl Config {
 
     /// Replaces every `{ env }` / `{ file }` plugin value by its content, so a missing
     /// secret fails the load and the plugins see plain strings.
-    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
         for (i, t) in self.tenants.iter_mut().enumerate() {
             for (kind, p) in [("token", &mut t.token), ("policy", &mut t.policy)] {
                 let resolved = resolve_map(&p.config, &format!("tenant[{i}].{kind}.config"))?;
@@ -212,22 +236,21 @@ impl Config {
         Ok(())
     }
 
-    /// The configuration used without `--config`: one tenant with the default plugins and
-    /// a token key kept in `state_dir` (created on first use), and a spawned sidecar.
-    pub fn embedded(state_dir: &Path, allow_private_urls: bool) -> Result<Config, ConfigError> {
-        let keys = state::load_or_create_key(state_dir)?;
-        let mut token = BTreeMap::new();
-        token.insert("keys".to_owned(), keys.ring());
-        token.insert("seal_key".to_owned(), keys.seal_id().to_owned());
-        let mut policy = BTreeMap::new();
-        policy.insert("hosts".to_owned(), "*".to_owned());
-        policy.insert("allow_private".to_owned(), allow_private_urls.to_string());
-        // Resolve needs credentials; the default has no API key, so: this machine only.
-        policy.insert(
-            "resolve_clients".to_owned(),
-            "127.0.0.0/8,::1/128".to_owned(),
-        );
-        Ok(Config {
+    /// The configuration used without `--config`: one tenant with the default plugins,
+    /// sealing with the first key of `key_ring` (`id:base64key[,…]`, kept by the caller), and
+    /// a spawned sidecar.
+    pub fn embedded(key_ring: &str, allow_private_urls: bool) -> Config {
+        let token = BTreeMap::from([("keys".to_owned(), key_ring.to_owned())]);
+        let policy = BTreeMap::from([
+            ("hosts".to_owned(), "*".to_owned()),
+            ("allow_private".to_owned(), allow_private_urls.to_string()),
+            // Resolve needs credentials; the default has no API key, so: this machine only.
+            (
+                "resolve_clients".to_owned(),
+                "127.0.0.0/8,::1/128".to_owned(),
+            ),
+        ]);
+        Config {
             listen: default_listen(),
             drain_secs: default_drain_secs(),
             sidecar: SidecarConfig::default(),
@@ -248,7 +271,8 @@ impl Config {
                 max_filesize: None,
             }],
             limits: LimitsConfig::default(),
-        })
+            plugins: EngineSettings::default(),
+        }
     }
 
     /// Checks what serde cannot: ids and hosts are unique, each plugin names one source.
@@ -287,11 +311,6 @@ impl Config {
                 }
             }
         }
-        if let Some(url) = &self.limits.redis_url
-            && let Err(e) = redis::Client::open(url.as_str())
-        {
-            return invalid(format!("limits.redis_url: {e}"));
-        }
         if self.limits.slot_ttl_secs < 3 {
             return invalid(
                 "limits.slot_ttl_secs must be at least 3 (heartbeats every third)".into(),
@@ -308,8 +327,15 @@ impl Config {
         Ok(())
     }
 
+    /// How long running streams may take to finish after SIGTERM.
     pub fn drain(&self) -> Duration {
         Duration::from_secs(self.drain_secs)
+    }
+
+    /// Each tenant's `limits` table by tenant id: what the limiter enforces.
+    pub fn tenant_limits(&self) -> HashMap<String, TenantLimits> {
+        let all = self.tenants.iter();
+        all.map(|t| (t.id.clone(), t.limits.clone())).collect()
     }
 }
 
@@ -590,17 +616,16 @@ mod tests {
 
     #[test]
     fn the_embedded_default_is_strict_unless_private_urls_are_allowed() {
-        let dir = std::env::temp_dir().join(format!("sg-config-{}", std::process::id()));
-        let strict = Config::embedded(&dir, false).unwrap();
+        let strict = Config::embedded("k1:AAAA", false);
+        strict.validate().unwrap();
         let rules = strict.tenants[0].egress.rules("tenant[0].egress").unwrap();
         assert_eq!(rules, EgressRules::default());
         let policy = strict.tenants[0].policy.resolved("p").unwrap();
         assert_eq!(policy["resolve_clients"], "127.0.0.0/8,::1/128");
-        let open = Config::embedded(&dir, true).unwrap();
+        let open = Config::embedded("k1:AAAA", true);
         let rules = open.tenants[0].egress.rules("tenant[0].egress").unwrap();
         assert!(rules.allow_private && rules.any_port);
         assert_eq!((rules.allow_cidrs.len(), rules.proxy), (0, None));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::ConfigError;
+use super::ConfigError;
 
 /// One plugin config value, as written in the file.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
@@ -26,6 +26,7 @@ pub enum ConfigValue {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EnvRef {
+    /// The variable's name.
     pub env: String,
 }
 
@@ -33,6 +34,7 @@ pub struct EnvRef {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRef {
+    /// The file's path.
     pub file: PathBuf,
 }
 

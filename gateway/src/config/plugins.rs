@@ -1,0 +1,52 @@
+//! `[plugins]`: the limits every plugin call runs under, one set per plugin engine. Read at
+//! start; a reload that changes them asks for a restart (the instance pool is sized once).
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Limits every plugin call runs under; the defaults suit the built-in plugins.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EngineSettings {
+    /// Wall-clock budget of one call, instantiation included (`deadline_ms`, default 50).
+    #[serde(rename = "deadline_ms", deserialize_with = "millis")]
+    pub deadline: Duration,
+    /// Linear memory one instance may use, all memories together (`memory_limit_bytes`,
+    /// default 16 MiB).
+    #[serde(rename = "memory_limit_bytes")]
+    pub memory_limit: usize,
+    /// Instances alive at once (the pooling allocator's size); further calls wait.
+    pub max_instances: u32,
+    /// Bytes of plugin output (stdout, stderr, `log`) kept per call and stream (default 16 KiB).
+    pub log_cap_bytes: usize,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_millis(50),
+            memory_limit: 16 << 20,
+            max_instances: 32,
+            log_cap_bytes: 16 << 10,
+        }
+    }
+}
+
+fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugins_table_overrides_the_defaults_it_names() {
+        let s: EngineSettings = toml::from_str("deadline_ms = 20\nmax_instances = 4").unwrap();
+        assert_eq!(s.deadline, Duration::from_millis(20));
+        assert_eq!(s.max_instances, 4);
+        assert_eq!(s.memory_limit, EngineSettings::default().memory_limit);
+        assert!(toml::from_str::<EngineSettings>("deadline = 20").is_err());
+    }
+}
