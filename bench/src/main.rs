@@ -108,10 +108,6 @@ pub struct Args {
     /// `ceiling`: runs per system of one stream of the big fixture.
     #[arg(long, default_value_t = 3)]
     pub ceiling_runs: usize,
-    /// `--max-jobs` of the second gateway started for `pss` and the `firstbyte` rows above
-    /// 32 streams (the sidecar's default job limit); 0: none.
-    #[arg(long, default_value_t = 320)]
-    pub wide_max_jobs: u32,
     /// Requests per probe in the plugin-overhead section.
     #[arg(long, default_value_t = 300)]
     pub plugin_samples: usize,

@@ -8,11 +8,9 @@
 //!   same file from the fixture server, and the bench's own client on the fixture server;
 //! - the targets, judged together with the `ttfb` section's after-resolve figure.
 //!
-//! The shipped defaults let the sidecar run 32 jobs with 64 more queued, and a stalled stream
-//! holds its job: 64 stalled streams or 256 concurrent ones do not fit. So besides the run's
-//! gateway (embedded defaults) this module starts a second one with `--max-jobs
-//! --wide-max-jobs` (320) and the same token key (its tokens are the same), its own sidecar
-//! and extraction cache, for the PSS figure and the rows above 32 streams.
+//! The gateway is the run's, on its embedded default config: the sidecar's slots by cost
+//! (`--max-streams` 1024 streams, extractions queued for about one slot per core) hold 64
+//! stalled streams and a burst of 256.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -29,14 +27,11 @@ use crate::stats::ms;
 use crate::systems::{Gateway, Kind, Peer};
 
 const SIDECAR_COMM: &str = "streamgate-side"; // comm is cut to 15 bytes
-/// The sidecar's default `--max-jobs`: rows above it also run on the wide gateway.
-pub(crate) const DEFAULT_MAX_JOBS: usize = 32;
 
-/// Who is measured: the systems of [`Kind`], the wide gateway, and the two ceilings.
+/// Who is measured: the systems of [`Kind`] and the two ceilings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Sys {
     Gateway,
-    Wide,
     Peer,
     Direct,
     Curl,
@@ -44,10 +39,9 @@ pub enum Sys {
 }
 
 impl Sys {
-    pub(crate) fn name(self, wide_jobs: u32) -> String {
+    pub(crate) fn name(self) -> String {
         match self {
             Sys::Gateway => "gateway (defaults)".into(),
-            Sys::Wide => format!("gateway, `--max-jobs {wide_jobs}`"),
             Sys::Peer => "old service".into(),
             Sys::Direct => "direct `yt-dlp -o -`".into(),
             Sys::Curl => "`curl` from the fixture server".into(),
@@ -100,8 +94,6 @@ pub struct RunCpu {
 
 #[derive(Default, Debug)]
 pub struct NativeResults {
-    /// Why the wide gateway is missing, when it is.
-    pub wide_na: Option<String>,
     pub pss: Vec<PssRow>,
     pub fb: Vec<FbRow>,
     pub ceiling: BTreeMap<Sys, Vec<Outcome>>,
@@ -121,73 +113,19 @@ pub async fn run(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
         return Ok(());
     }
     let t0 = Instant::now();
-    let mut wide = None;
-    let needs_wide =
-        a.has("pss") || (a.has("firstbyte") && a.fb_levels.iter().any(|&n| n > DEFAULT_MAX_JOBS));
-    if needs_wide && a.wide_max_jobs > 0 {
-        match &ctx.systems.gateway {
-            Some(g) => match start_wide(ctx, g).await {
-                Ok(w) => wide = Some(w),
-                Err(e) => out.wide_na = Some(format!("the wide gateway did not start: {e:#}")),
-            },
-            None => out.wide_na = Some("no gateway in this run".into()),
-        }
-    } else if needs_wide {
-        out.wide_na = Some("`--wide-max-jobs 0`".into());
-    }
-    if let Some(w) = &out.wide_na {
-        ctx.note(format!("wide gateway: {w}"));
-    }
     if a.has("ceiling") {
         ceiling(ctx, out).await.context("ceiling section")?;
     }
     if a.has("firstbyte") {
-        firstbyte(ctx, wide.as_ref(), out)
+        firstbyte(ctx, out)
             .await
             .context("first byte at n section")?;
     }
     if a.has("pss") {
-        pss(ctx, wide.as_ref(), out).await.context("pss section")?;
-    }
-    if let Some(w) = wide {
-        w.shutdown().await;
+        pss(ctx, out).await.context("pss section")?;
     }
     out.wall = t0.elapsed();
     Ok(())
-}
-
-/// A second gateway with `--max-jobs N` and the run gateway's token key.
-async fn start_wide(ctx: &Ctx, main: &Gateway) -> anyhow::Result<Gateway> {
-    let state = ctx.work.join("gateway-wide-state");
-    let _ = std::fs::remove_dir_all(&state);
-    std::fs::create_dir_all(&state)?;
-    let key = main.state_dir.join("token.key");
-    std::fs::copy(&key, state.join("token.key"))
-        .with_context(|| format!("copying {}", key.display()))?;
-    let mut extra = ctx.args.gateway_args.clone();
-    extra.push(format!("--max-jobs={}", ctx.args.wide_max_jobs));
-    let g = Gateway::start(
-        &ctx.args.gateway,
-        &state,
-        None,
-        &extra,
-        &ctx.work.join("logs/gateway-wide.log"),
-    )
-    .await?;
-    progress(format!(
-        "wide gateway (--max-jobs {}) up on {}",
-        ctx.args.wide_max_jobs, g.base
-    ));
-    // Unmeasured warm-up, like every system's.
-    let tok = main.mint(&ctx.small_url("warmup-wide")).await?;
-    let o = client::get(&g.stream_url(&tok), None, Duration::from_secs(120)).await;
-    if !o.ok(Some(ctx.small.size)) {
-        bail!(
-            "warm-up stream failed: {}",
-            o.describe_failure(Some(ctx.small.size))
-        );
-    }
-    Ok(g)
 }
 
 /// Tokens for many URLs from `streamgate mint`, a few processes at a time (each mint
@@ -246,33 +184,21 @@ async fn peer_links(p: &Peer, media: &[String]) -> anyhow::Result<Vec<String>> {
     Ok(toks)
 }
 
-/// Prepared requests per system for the same media URLs (gateway tokens minted once, valid
-/// on both gateways).
+/// Prepared requests per system for the same media URLs (gateway tokens minted first).
 async fn prepare(
     ctx: &Ctx,
     systems: &[Sys],
-    wide: Option<&Gateway>,
     media: &[String],
 ) -> anyhow::Result<BTreeMap<Sys, Vec<String>>> {
     let mut out = BTreeMap::new();
-    let mut gtoks = None;
     for &s in systems {
         let v = match s {
-            Sys::Gateway | Sys::Wide => {
+            Sys::Gateway => {
                 let g = ctx.systems.gateway.as_ref().context("no gateway")?;
-                if gtoks.is_none() {
-                    gtoks = Some(gateway_tokens(g, media).await?);
-                }
-                let target = if s == Sys::Wide {
-                    wide.context("no wide gateway")?
-                } else {
-                    g
-                };
-                gtoks
-                    .as_ref()
-                    .expect("minted above")
+                gateway_tokens(g, media)
+                    .await?
                     .iter()
-                    .map(|t| target.stream_url(t))
+                    .map(|t| g.stream_url(t))
                     .collect()
             }
             Sys::Peer => peer_links(ctx.systems.peer.as_ref().context("no peer")?, media).await?,
@@ -285,9 +211,7 @@ async fn prepare(
 
 async fn fetch(ctx: &Ctx, s: Sys, prepared: &str, timeout: Duration) -> Outcome {
     match s {
-        Sys::Gateway | Sys::Wide | Sys::Peer | Sys::Fixture => {
-            client::get(prepared, None, timeout).await
-        }
+        Sys::Gateway | Sys::Peer | Sys::Fixture => client::get(prepared, None, timeout).await,
         Sys::Direct => {
             ctx.systems
                 .fetch(Kind::Direct, prepared, None, timeout)
@@ -350,10 +274,9 @@ fn served_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -
     }
 }
 
-fn base_of(ctx: &Ctx, s: Sys, wide: Option<&Gateway>) -> Option<String> {
+fn base_of(ctx: &Ctx, s: Sys) -> Option<String> {
     match s {
         Sys::Gateway => ctx.systems.gateway.as_ref().map(|g| g.base.clone()),
-        Sys::Wide => wide.map(|g| g.base.clone()),
         _ => None,
     }
 }
@@ -379,14 +302,14 @@ async fn ceiling(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
         "ceiling: preparing {runs} run(s) for {} systems",
         systems.len()
     ));
-    let prepared = prepare(ctx, &systems, None, &media).await?;
+    let prepared = prepare(ctx, &systems, &media).await?;
     // Warm the page cache for the big file (the throughput section may not have run).
     let _ = client::get(&media[0], None, Duration::from_secs(120)).await;
     #[allow(clippy::needless_range_loop)] // r indexes every system's list, interleaved
     for r in 0..runs {
         for &s in &systems {
-            progress(format!("ceiling: {} run {}", s.name(0), r + 1));
-            let pid = pid_of(ctx, s, None);
+            progress(format!("ceiling: {} run {}", s.name(), r + 1));
+            let pid = pid_of(ctx, s);
             let me = std::process::id();
             let s0 = pid.map(|p| procs::tree_cpu(p, SIDECAR_COMM));
             let b0 = procfs::cpu_secs(me).unwrap_or_default();
@@ -401,7 +324,7 @@ async fn ceiling(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
             if !o.ok(Some(ctx.big.size)) {
                 ctx.note(format!(
                     "ceiling: {} run {} failed: {}",
-                    s.name(0),
+                    s.name(),
                     r + 1,
                     o.describe_failure(Some(ctx.big.size))
                 ));
@@ -414,11 +337,7 @@ async fn ceiling(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
 
 // ---------------------------------------------------------------- first byte at n
 
-async fn firstbyte(
-    ctx: &Ctx,
-    wide: Option<&Gateway>,
-    out: &mut NativeResults,
-) -> anyhow::Result<()> {
+async fn firstbyte(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
     let a = &ctx.args;
     let expect = Some(ctx.small.size);
     let timeout = Duration::from_secs(300);
@@ -426,9 +345,6 @@ async fn firstbyte(
         let mut systems = Vec::new();
         if ctx.systems.gateway.is_some() {
             systems.push(Sys::Gateway);
-        }
-        if wide.is_some() && n > DEFAULT_MAX_JOBS {
-            systems.push(Sys::Wide);
         }
         if ctx.systems.peer.is_some() && n <= a.fb_peer_max {
             systems.push(Sys::Peer);
@@ -440,10 +356,10 @@ async fn firstbyte(
             .map(|i| ctx.small_url(&format!("fb{n}={i}")))
             .collect();
         progress(format!("first byte at n={n}: minting"));
-        let prepared = prepare(ctx, &systems, wide, &media).await?;
+        let prepared = prepare(ctx, &systems, &media).await?;
         for &s in &systems {
-            progress(format!("first byte at n={n}: {}", s.name(a.wide_max_jobs)));
-            let base = base_of(ctx, s, wide);
+            progress(format!("first byte at n={n}: {}", s.name()));
+            let base = base_of(ctx, s);
             let before = match &base {
                 Some(b) => Some(served_by(b).await),
                 None => None,
@@ -504,10 +420,9 @@ async fn firstbyte(
 
 // ---------------------------------------------------------------- PSS
 
-fn pid_of(ctx: &Ctx, s: Sys, wide: Option<&Gateway>) -> Option<u32> {
+fn pid_of(ctx: &Ctx, s: Sys) -> Option<u32> {
     match s {
         Sys::Gateway => ctx.systems.gateway.as_ref().map(|g| g.pid()),
-        Sys::Wide => wide.map(|g| g.pid()),
         Sys::Peer => ctx.systems.peer.as_ref().map(|p| p.pid()),
         _ => None,
     }
@@ -517,29 +432,24 @@ fn sample(pid: u32) -> TreePss {
     procs::tree_pss(pid, SIDECAR_COMM)
 }
 
-async fn pss(ctx: &Ctx, wide: Option<&Gateway>, out: &mut NativeResults) -> anyhow::Result<()> {
+async fn pss(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
     let n = ctx.args.pss_streams;
     let mut systems = Vec::new();
-    match wide {
-        Some(_) => systems.push(Sys::Wide),
-        None if ctx.systems.gateway.is_some() => systems.push(Sys::Gateway),
-        None => {}
+    if ctx.systems.gateway.is_some() {
+        systems.push(Sys::Gateway);
     }
     if ctx.systems.peer.is_some() {
         systems.push(Sys::Peer);
     }
     let media: Vec<String> = (0..n).map(|i| ctx.big_url(&format!("pss={i}"))).collect();
     progress(format!("pss: minting {n} links"));
-    let prepared = prepare(ctx, &systems, wide, &media).await?;
+    let prepared = prepare(ctx, &systems, &media).await?;
     for &s in &systems {
-        let Some(pid) = pid_of(ctx, s, wide) else {
+        let Some(pid) = pid_of(ctx, s) else {
             continue;
         };
-        progress(format!(
-            "pss: {} with {n} stalled streams",
-            s.name(ctx.args.wide_max_jobs)
-        ));
-        let base = base_of(ctx, s, wide);
+        progress(format!("pss: {} with {n} stalled streams", s.name()));
+        let base = base_of(ctx, s);
         let before = match &base {
             Some(b) => Some(served_by(b).await),
             None => None,

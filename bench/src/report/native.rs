@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::Ctx;
-use crate::native::{DEFAULT_MAX_JOBS, FbRow, NativeResults, RunCpu, Sys};
+use crate::native::{FbRow, NativeResults, RunCpu, Sys};
 use crate::procs::TreePss;
 use crate::report::{Verdict, median_mbps as e2e, median_transfer_mbps as transfer, met};
 use crate::sections::{Mode, Results};
@@ -22,7 +22,6 @@ fn comms(t: &TreePss) -> String {
 /// The Markdown block of this module: parameters, the issue's targets, one table per section.
 pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
     let a = &ctx.args;
-    let wj = a.wide_max_jobs;
     let mut md = String::new();
     let w = &mut md;
     if !(a.has("pss") || a.has("firstbyte") || a.has("ceiling")) {
@@ -32,14 +31,9 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
     let _ = writeln!(
         w,
         "Sections `pss`, `firstbyte`, `ceiling` (bench/src/native.rs) and the after-resolve figure of `ttfb`. \
-         *gateway (defaults)* is the run's gateway on its embedded default config (the sidecar runs 32 jobs, queues 64). \
-         *gateway, `--max-jobs {wj}`* is a second gateway started for this block with the same token key, its own sidecar and extraction cache, \
-         because a stalled stream holds a job: it carries the PSS figure and the rows above 32 streams. \
-         Ratios are taken within this one run. {}\n",
-        match &n.wide_na {
-            Some(w) => format!("The second gateway is missing: {w}."),
-            None => String::new(),
-        }
+         *gateway (defaults)* is the run's gateway on its embedded default config: its sidecar holds up to 1024 streams \
+         and runs extractions about one per core, the others queued in order (`--max-streams`, `--max-extractions`). \
+         Ratios are taken within this one run.\n"
     );
     let _ = writeln!(w, "| parameter | value |\n|---|---|");
     let _ = writeln!(
@@ -66,11 +60,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
     // ------------------------------------------------ targets
     let fb = |s: Sys, k: usize| n.fb.iter().find(|r| r.sys == s && r.n == k);
     let mut v: Vec<Verdict> = Vec::new();
-    let pss_row = n
-        .pss
-        .iter()
-        .find(|r| r.sys == Sys::Wide)
-        .or_else(|| n.pss.iter().find(|r| r.sys == Sys::Gateway));
+    let pss_row = n.pss.iter().find(|r| r.sys == Sys::Gateway);
     let peer_pss = n.pss.iter().find(|r| r.sys == Sys::Peer);
     v.push(match pss_row {
         Some(r) if r.opened > 0 => {
@@ -85,7 +75,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
                     fmt_kib(Some(per)),
                     r.opened,
                     r.asked,
-                    r.sys.name(wj),
+                    r.sys.name(),
                     peer_pss
                         .map(|p| fmt_kib(Some(p.per(TreePss::total_kib))))
                         .unwrap_or_else(|| "–".into())
@@ -129,28 +119,27 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
             verdict: "not measured".into(),
         },
     });
-    for s in [Sys::Gateway, Sys::Wide] {
-        for r in n.fb.iter().filter(|r| r.sys == s && r.n > DEFAULT_MAX_JOBS) {
-            let fails = r.n - r.ok;
-            v.push(Verdict {
-                target: format!("n = {}: 0 failures ({})", r.n, s.name(wj)),
-                measured: format!(
-                    "{fails} of {} failed{}",
-                    r.n,
-                    if fails > 0 {
-                        format!(" (statuses {})", statuses(&r.statuses))
-                    } else {
-                        String::new()
-                    }
-                ),
-                verdict: met(fails == 0, || {
-                    format!(
-                        "{fails} failures; first: {}",
-                        r.first_failure.clone().unwrap_or_default()
-                    )
-                }),
-            });
-        }
+    // Issue 10's burst target: n = 256 streams with 0 failures.
+    for r in n.fb.iter().filter(|r| r.sys == Sys::Gateway && r.n >= 256) {
+        let fails = r.n - r.ok;
+        v.push(Verdict {
+            target: format!("n = {}: 0 failures ({})", r.n, r.sys.name()),
+            measured: format!(
+                "{fails} of {} failed{}",
+                r.n,
+                if fails > 0 {
+                    format!(" (statuses {})", statuses(&r.statuses))
+                } else {
+                    String::new()
+                }
+            ),
+            verdict: met(fails == 0, || {
+                format!(
+                    "{fails} failures; first: {}",
+                    r.first_failure.clone().unwrap_or_default()
+                )
+            }),
+        });
     }
     let size = ctx.big.size;
     let c = |s: Sys| n.ceiling.get(&s).and_then(|x| e2e(x, size));
@@ -237,11 +226,11 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
                 (Some(i), Some(l)) => fmt_kib(Some((l as f64 - i as f64) / r.opened.max(1) as f64)),
                 _ => "–".into(),
             };
-            let gw = matches!(r.sys, Sys::Gateway | Sys::Wide);
+            let gw = r.sys == Sys::Gateway;
             let _ = writeln!(
                 w,
                 "| {} | {}/{} | {} | {} | {} | {} | {} | **{}** | {} → {} | {} | {} |",
-                r.sys.name(wj),
+                r.sys.name(),
                 r.opened,
                 r.asked,
                 fmt_kib(Some(r.idle.total_kib() as f64)),
@@ -280,7 +269,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
                 let _ = writeln!(
                     w,
                     "- {}: {} of {} did not open; first: {e}",
-                    r.sys.name(wj),
+                    r.sys.name(),
                     r.asked - r.opened,
                     r.asked
                 );
@@ -289,7 +278,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
                 let _ = writeln!(
                     w,
                     "- {}: {} smaps_rollup reads failed (counted as 0)",
-                    r.sys.name(wj),
+                    r.sys.name(),
                     r.loaded.unreadable + r.idle.unreadable
                 );
             }
@@ -317,7 +306,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
                 w,
                 "| {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |",
                 r.n,
-                r.sys.name(wj),
+                r.sys.name(),
                 r.ok,
                 r.n,
                 statuses(&r.statuses),
@@ -334,21 +323,10 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
             "| n | first byte p50: gateway / old service | gateway / direct | aggregate: gateway / old service |\n|---|---|---|---|"
         );
         for &k in &a.fb_levels {
-            let g = fb(Sys::Gateway, k);
-            let g = if g.is_some_and(|r| r.ok < r.n) {
-                fb(Sys::Wide, k).or(g)
-            } else {
-                g
-            };
-            if let Some(g) = g {
+            if let Some(g) = fb(Sys::Gateway, k) {
                 let _ = writeln!(
                     w,
-                    "| {k}{} | {} | {} | {} |",
-                    if g.sys == Sys::Wide {
-                        format!(" (`--max-jobs {wj}`)")
-                    } else {
-                        String::new()
-                    },
+                    "| {k} | {} | {} | {} |",
                     ratio(p50(Some(g)), p50(fb(Sys::Peer, k))),
                     ratio(p50(Some(g)), p50(fb(Sys::Direct, k))),
                     ratio(
@@ -365,7 +343,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
                     w,
                     "- n={} {}: {} failures, first: {e}",
                     r.n,
-                    r.sys.name(wj),
+                    r.sys.name(),
                     r.n - r.ok
                 );
             }
@@ -404,7 +382,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} | {}/{} | {} | {} |",
-                s.name(wj),
+                s.name(),
                 fmt_mbps(e2e(runs, size)),
                 fmt_mbps(transfer(runs, size)),
                 fmt_ms(pct(&fbs, 50.0)),
@@ -441,7 +419,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
             let _ = writeln!(
                 w,
                 "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} |",
-                s.name(wj),
+                s.name(),
                 f(wall),
                 if has_server { f(root) } else { "–".into() },
                 if *s == Sys::Gateway {
