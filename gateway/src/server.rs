@@ -31,7 +31,7 @@ use crate::{resolve, stream};
 /// hyper's HTTP/1 write buffer per connection: it stops polling the body for more once this
 /// much is queued, so a stalled client holds at most this plus one body chunk. Also the most
 /// a request head may take (hyper's read buffer), far above any real request.
-pub const HTTP1_MAX_BUF: usize = 64 * 1024;
+pub const HTTP1_MAX_BUF: usize = 32 * 1024;
 
 /// Serves `routes(app)` on `listener` until `shutdown` resolves, then stops accepting,
 /// asks every connection to finish (responses in flight complete; keep-alive ends), and

@@ -403,7 +403,8 @@ async fn a_slow_client_keeps_gateway_memory_flat() {
 async fn twenty_clients_leaving_after_a_mebibyte_leave_no_ytdlp() {
     let opts = GatewayOptions {
         sidecar_args: vec![
-            "--max-jobs=8".into(),
+            // 8 extract at once, 12 wait: every one of the 20 is served.
+            "--max-extractions=8".into(),
             "--queue=12".into(),
             "--queue-timeout=120".into(),
         ],

@@ -20,7 +20,7 @@ const CLIENT_NAME: &str = concat!("streamgate/", env!("CARGO_PKG_VERSION"));
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A job connection's read buffer, and so the largest media chunk a body yields at once.
-pub const CHUNK: usize = 64 * 1024;
+pub const CHUNK: usize = 32 * 1024;
 
 /// A connection whose job has produced its metadata; the rest is data, then end or error.
 pub type JobConnection = Connection<UnixStream>;
