@@ -101,18 +101,7 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
     });
     let p50 = |r: Option<&FbRow>| r.and_then(|r| pct(&r.ttfb_ms, 50.0));
     v.push(match (p50(fb(Sys::Gateway, 32)), p50(fb(Sys::Peer, 32))) {
-        (Some(g), Some(p)) => Verdict {
-            target: "n = 32: first byte p50 ≤ 0.10 × the old service's".into(),
-            measured: format!("{} vs {} → {:.2}×", fmt_ms(Some(g)), fmt_ms(Some(p)), g / p),
-            verdict: met(g <= 0.1 * p, || {
-                format!(
-                    "{:.2}× instead of ≤ 0.10× ({} over the {} limit)",
-                    g / p,
-                    fmt_ms(Some(g - 0.1 * p)),
-                    fmt_ms(Some(0.1 * p))
-                )
-            }),
-        },
+        (Some(g), Some(p)) => tenth_of("n = 32: first byte p50 ≤ 0.10 × the old service's", g, p),
         _ => Verdict {
             target: "n = 32: first byte p50 ≤ 0.10 × the old service's".into(),
             measured: "–".into(),
@@ -183,19 +172,11 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
                 measured: na.clone(),
                 verdict: "not measured".into(),
             },
-            (Some(g), Some(p), None) => Verdict {
-                target: "first byte p50 right after a resolve ≤ 0.10 × the old service's warm p50"
-                    .into(),
-                measured: format!("{} vs {} → {:.2}×", fmt_ms(Some(g)), fmt_ms(Some(p)), g / p),
-                verdict: met(g <= 0.1 * p, || {
-                    format!(
-                        "{:.2}× instead of ≤ 0.10× ({} over the {} limit)",
-                        g / p,
-                        fmt_ms(Some(g - 0.1 * p)),
-                        fmt_ms(Some(0.1 * p))
-                    )
-                }),
-            },
+            (Some(g), Some(p), None) => tenth_of(
+                "first byte p50 right after a resolve ≤ 0.10 × the old service's warm p50",
+                g,
+                p,
+            ),
             _ => Verdict {
                 target: "first byte right after a resolve ≤ 0.10 × the old service's warm".into(),
                 measured: "–".into(),
@@ -450,6 +431,22 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
         let _ = writeln!(w);
     }
     md
+}
+
+/// The verdict on "the gateway's `g` ms ≤ 0.10 × the old service's `p` ms".
+fn tenth_of(target: &str, g: f64, p: f64) -> Verdict {
+    Verdict {
+        target: target.into(),
+        measured: format!("{} vs {} → {:.2}×", fmt_ms(Some(g)), fmt_ms(Some(p)), g / p),
+        verdict: met(g <= 0.1 * p, || {
+            format!(
+                "{:.2}× instead of ≤ 0.10× ({} over the {} limit)",
+                g / p,
+                fmt_ms(Some(g - 0.1 * p)),
+                fmt_ms(Some(0.1 * p))
+            )
+        }),
+    }
 }
 
 fn statuses(m: &BTreeMap<u16, usize>) -> String {
