@@ -15,7 +15,9 @@ const PLUGINS: &[&str] = &[
     "token-fernet",
     "policy-allowlist",
     "auth-hmac",
+    "policy-media",
     "test-misbehave",
+    "test-misbehave-media",
 ];
 
 const WASM_TARGET: &str = "wasm32-wasip2";

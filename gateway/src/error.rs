@@ -46,6 +46,14 @@ pub enum GatewayError {
         /// Its status and reason.
         denial: Denial,
     },
+    /// The policy plugin refused the media the extraction found (0.2.0's `review`).
+    #[error("media denied by {plugin}: {}", .denial.reason)]
+    MediaDenied {
+        /// The plugin's name.
+        plugin: String,
+        /// Its status and reason.
+        denial: Denial,
+    },
     /// A plugin trapped, overran its limits or could not be instantiated.
     #[error("plugin {plugin} failed: {source}")]
     Plugin {
@@ -96,7 +104,8 @@ impl GatewayError {
             GatewayError::MissingToken => StatusCode::BAD_REQUEST,
             GatewayError::BadUrl(_) | GatewayError::BadFormat(_) => StatusCode::BAD_REQUEST,
             GatewayError::TokenDenied { denial, .. }
-            | GatewayError::PolicyDenied { denial, .. } => denial_status(denial),
+            | GatewayError::PolicyDenied { denial, .. }
+            | GatewayError::MediaDenied { denial, .. } => denial_status(denial),
             GatewayError::Plugin { source, .. } => plugin_status(source),
             GatewayError::Seal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Sidecar(SidecarError::Job(e)) => job_status(e.code),
@@ -122,6 +131,7 @@ impl GatewayError {
             GatewayError::BadFormat(_) => "bad_format",
             GatewayError::TokenDenied { .. } => "token_denied",
             GatewayError::PolicyDenied { .. } => "policy_denied",
+            GatewayError::MediaDenied { .. } => "media_denied",
             GatewayError::Plugin { .. } | GatewayError::Seal { .. } => "plugin_failed",
             GatewayError::Sidecar(SidecarError::Job(e)) => e.code.as_str(),
             GatewayError::Sidecar(SidecarError::Unavailable(_)) => "sidecar_unavailable",

@@ -1,7 +1,8 @@
 //! The phases every tenant route (`stream.rs`, `resolve.rs`) shares before its own work, in
 //! the manner of pingora's request phases: the request's parts, its tenant (by the host of
-//! `:authority` or `Host`), then [`authorize`] (token plugin → policy plugin); and the two
-//! calls every handler times into the metrics, [`plugin_call`] and [`sidecar_job`].
+//! `:authority` or `Host`), then [`authorize`] (token plugin → policy plugin), and for a
+//! stream whose policy reviews media, [`review_media`] once the extraction is done; and the
+//! two calls every handler times into the metrics, [`plugin_call`] and [`sidecar_job`].
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -9,6 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
+use streamgate_protocol::MediaFacts;
 use streamgate_protocol::input::{canonical_url, check_format};
 use warp::Filter;
 use warp::host::Authority;
@@ -16,7 +18,9 @@ use warp::http::{HeaderMap, Method};
 
 use crate::app::App;
 use crate::error::GatewayError;
-use crate::plugin::{PluginError, PolicyDecision, RequestInfo, StreamRequest, unix_now};
+use crate::plugin::{
+    ChosenFormat, MediaInfo, PluginError, PolicyDecision, RequestInfo, StreamRequest, unix_now,
+};
 use crate::sidecar::SidecarError;
 use crate::tenant::Tenant;
 
@@ -168,6 +172,46 @@ pub(crate) async fn authorize(
     }
 }
 
+/// The media phase, between the extraction and the first byte, for a tenant whose policy
+/// reviews media (WIT 0.2.0's `media-policy`): the facts the sidecar found, judged.
+pub(crate) async fn review_media(
+    app: &App,
+    ok: &Authorized,
+    facts: MediaFacts,
+) -> Result<(), GatewayError> {
+    let policy = &ok.tenant.policy;
+    let media = media_info(facts);
+    let review = policy.review(&ok.info, &ok.wanted, &media);
+    match plugin_call(app, policy.name(), review).await? {
+        None => Ok(()),
+        Some(denial) => Err(GatewayError::MediaDenied {
+            plugin: policy.name().to_owned(),
+            denial,
+        }),
+    }
+}
+
+fn media_info(facts: MediaFacts) -> MediaInfo {
+    MediaInfo {
+        extractor: facts.extractor,
+        title: facts.title,
+        uploader: facts.uploader,
+        duration: facts.duration,
+        is_live: facts.is_live,
+        formats: facts
+            .formats
+            .into_iter()
+            .map(|f| ChosenFormat {
+                format_id: f.id,
+                ext: f.ext,
+                vcodec: f.vcodec,
+                acodec: f.acodec,
+                size: f.size,
+            })
+            .collect(),
+    }
+}
+
 /// Times one plugin call into the metrics; a `PluginError` (not a denial) is a failure.
 pub(crate) async fn plugin_call<T>(
     app: &App,
@@ -192,7 +236,16 @@ pub(crate) async fn sidecar_job<T>(
     job: impl Future<Output = Result<T, SidecarError>>,
 ) -> Result<T, GatewayError> {
     app.metrics.sidecar_job(kind);
-    let result = job.await;
+    sidecar_job_continued(app, job).await
+}
+
+/// The rest of a sidecar job already counted by [`sidecar_job`] (after a review): its
+/// error, if any, is counted the same way.
+pub(crate) async fn sidecar_job_continued<T>(
+    app: &App,
+    rest: impl Future<Output = Result<T, SidecarError>>,
+) -> Result<T, GatewayError> {
+    let result = rest.await;
     if let Err(SidecarError::Job(e)) = &result {
         app.metrics.sidecar_error(e.code.as_str());
     }

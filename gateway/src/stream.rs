@@ -1,6 +1,7 @@
 //! `GET|HEAD /stream?data=TOKEN` (and `/v1/stream`): authorize (token plugin → policy),
-//! take the tenant's stream slot, start one sidecar job, and answer with its metadata's head
-//! and a [`MediaBody`] that owns everything the stream holds.
+//! take the tenant's stream slot, start one sidecar job (its media reviewed by the policy
+//! first when the policy asks), and answer with its metadata's head and a [`MediaBody`]
+//! that owns everything the stream holds.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -16,8 +17,11 @@ use crate::body::{self, Held, MediaBody};
 use crate::error::{GatewayError, Problem};
 use crate::headers::media_head;
 use crate::range;
-use crate::request::{Asked, RequestParts, authorize, new_request_id, sidecar_job};
-use crate::sidecar::SidecarError;
+use crate::request::{
+    Asked, RequestParts, authorize, new_request_id, review_media, sidecar_job,
+    sidecar_job_continued,
+};
+use crate::sidecar::{SidecarError, Started};
 
 /// The route's handler: every failure becomes a [`Problem`] carrying the request id.
 pub(crate) async fn handle(
@@ -59,8 +63,17 @@ async fn respond(
         max_filesize: tenant.max_filesize,
         range,
         head,
+        review: tenant.policy.reviews_media(),
     };
-    let (meta, conn) = sidecar_job(app, "stream", app.sidecar.start(job)).await?;
+    let (meta, conn) = match sidecar_job(app, "stream", app.sidecar.start(job)).await? {
+        Started::Ready(meta, conn) => (meta, conn),
+        // Nothing is open yet: a denial (or a failed review) drops the job, no byte fetched.
+        Started::Review(facts, reviewing) => {
+            tracing::info!(duration = ?facts.duration, live = facts.is_live, "media review");
+            review_media(app, &ok, facts).await?;
+            sidecar_job_continued(app, reviewing.proceed()).await?
+        }
+    };
     let span = range::served(range, &meta).map_err(SidecarError::Protocol)?;
     tracing::info!(
         mime = %meta.mime, size = ?meta.size, served_by = %meta.served_by, ?span, "metadata"

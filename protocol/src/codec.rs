@@ -184,6 +184,7 @@ fn parse(mut frame: Bytes) -> Result<Frame, ProtocolError> {
         kind::RESOLVE => Frame::Resolve(json(ty, &payload)?),
         kind::METADATA => Frame::Metadata(json(ty, &payload)?),
         kind::INFO => Frame::Info(json(ty, &payload)?),
+        kind::FACTS => Frame::Facts(json(ty, &payload)?),
         kind::ERROR => Frame::Error(json(ty, &payload)?),
         kind::DATA => Frame::Data(payload),
         kind::END => {
@@ -197,14 +198,17 @@ fn parse(mut frame: Bytes) -> Result<Frame, ProtocolError> {
                 total_bytes: u64::from_be_bytes(bytes),
             }
         }
-        kind::CANCEL => {
+        kind::CANCEL | kind::PROCEED => {
             if !payload.is_empty() {
                 return Err(ProtocolError::Malformed {
                     kind: ty,
-                    reason: "cancel carries no payload".into(),
+                    reason: "carries no payload".into(),
                 });
             }
-            Frame::Cancel
+            match ty {
+                kind::CANCEL => Frame::Cancel,
+                _ => Frame::Proceed,
+            }
         }
         other => return Err(ProtocolError::UnknownType(other)),
     })
@@ -231,10 +235,11 @@ impl Encoder<Frame> for FrameCodec {
             Frame::Resolve(v) => write_json(dst, v),
             Frame::Metadata(v) => write_json(dst, v),
             Frame::Info(v) => write_json(dst, v),
+            Frame::Facts(v) => write_json(dst, v),
             Frame::Error(v) => write_json(dst, v),
             Frame::Data(bytes) => dst.extend_from_slice(bytes),
             Frame::End { total_bytes } => dst.put_u64(*total_bytes),
-            Frame::Cancel => {}
+            Frame::Cancel | Frame::Proceed => {}
         }
         let len = dst.len() - start - 4;
         if len > self.max_frame_len {

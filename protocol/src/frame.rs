@@ -6,7 +6,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 /// Version spoken by this build. A peer with another version is refused at the handshake.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// One frame of the protocol. See `docs/protocol.md` for who sends what, and when.
 #[derive(Clone, Debug, PartialEq)]
@@ -23,6 +23,9 @@ pub enum Frame {
     Metadata(Metadata),
     /// Sidecar → client: the answer to `Resolve`.
     Info(MediaInfo),
+    /// Sidecar → client, only for a `StreamJob` with `review`: what the extraction found,
+    /// before the media is opened; the sidecar then waits for `Proceed` (or `Cancel`).
+    Facts(MediaFacts),
     /// Sidecar → client: the next bytes of the media.
     Data(Bytes),
     /// Sidecar → client: the job finished; `total_bytes` data bytes were sent.
@@ -34,6 +37,8 @@ pub enum Frame {
     Error(JobError),
     /// Client → sidecar: stop the job now.
     Cancel,
+    /// Client → sidecar, the answer to `Facts` that lets the job open the media.
+    Proceed,
 }
 
 /// Wire values of the type byte. Kept apart from [`Frame`] so the spec's table has one home.
@@ -44,10 +49,12 @@ pub mod kind {
     pub const RESOLVE: u8 = 0x11;
     pub const METADATA: u8 = 0x20;
     pub const INFO: u8 = 0x21;
+    pub const FACTS: u8 = 0x22;
     pub const DATA: u8 = 0x30;
     pub const END: u8 = 0x31;
     pub const ERROR: u8 = 0x3f;
     pub const CANCEL: u8 = 0x40;
+    pub const PROCEED: u8 = 0x41;
 }
 
 impl Frame {
@@ -60,10 +67,12 @@ impl Frame {
             Frame::Resolve(_) => kind::RESOLVE,
             Frame::Metadata(_) => kind::METADATA,
             Frame::Info(_) => kind::INFO,
+            Frame::Facts(_) => kind::FACTS,
             Frame::Data(_) => kind::DATA,
             Frame::End { .. } => kind::END,
             Frame::Error(_) => kind::ERROR,
             Frame::Cancel => kind::CANCEL,
+            Frame::Proceed => kind::PROCEED,
         }
     }
 }
@@ -158,6 +167,10 @@ pub struct StreamJob {
     /// Metadata only (an HTTP `HEAD`): no media is fetched; `end` follows at once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub head: bool,
+    /// The client reviews the media before it is opened (a tenant's media policy): after
+    /// the extraction the sidecar sends `facts` and opens nothing until `proceed`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub review: bool,
 }
 
 /// One byte range of a media file, as HTTP's `Range: bytes=…` names it.
@@ -229,6 +242,27 @@ pub struct MediaInfo {
     /// Seconds.
     pub duration: Option<f64>,
     pub thumbnail: Option<String>,
+    pub formats: Vec<FormatInfo>,
+}
+
+/// What a stream's extraction found, for a review before any media byte moves: yt-dlp's
+/// info of the media and the format(s) its selector chose (several when they are merged).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MediaFacts {
+    /// yt-dlp's extractor (`extractor_key`), e.g. `Generic`, `Youtube`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extractor: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader: Option<String>,
+    /// Seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<f64>,
+    /// A live stream (yt-dlp's `is_live`); false when yt-dlp does not say.
+    #[serde(default)]
+    pub is_live: bool,
+    /// The chosen format(s).
     pub formats: Vec<FormatInfo>,
 }
 

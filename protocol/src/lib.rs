@@ -7,8 +7,8 @@ pub mod input;
 
 pub use codec::{FrameCodec, MAX_DATA_LEN, MAX_FRAME_LEN, ProtocolError};
 pub use frame::{
-    ByteRange, EgressMode, EgressRules, ErrorCode, FormatInfo, Frame, Hello, JobError, MediaInfo,
-    Metadata, PROTOCOL_VERSION, ResolveJob, StreamJob, Welcome, kind,
+    ByteRange, EgressMode, EgressRules, ErrorCode, FormatInfo, Frame, Hello, JobError, MediaFacts,
+    MediaInfo, Metadata, PROTOCOL_VERSION, ResolveJob, StreamJob, Welcome, kind,
 };
 
 use futures::{SinkExt, StreamExt};

@@ -103,6 +103,54 @@ fn truncated_unknown_and_malformed_frames_are_errors() {
     );
     let err = decode_all(BytesMut::from(&[0, 0, 0, 2, 0x40, 0][..])).unwrap_err();
     assert!(matches!(err, ProtocolError::Malformed { kind: 0x40, .. }));
+    let err = decode_all(BytesMut::from(&[0, 0, 0, 2, 0x41, 0][..])).unwrap_err();
+    assert!(matches!(err, ProtocolError::Malformed { kind: 0x41, .. }));
+    // A facts frame without its one required field.
+    let err = decode_all(BytesMut::from(&[0, 0, 0, 3, 0x22, b'{', b'}'][..])).unwrap_err();
+    assert!(matches!(err, ProtocolError::Malformed { kind: 0x22, .. }));
+}
+
+#[test]
+fn review_frames_are_pinned() {
+    assert_eq!(&encode(Frame::Proceed)[..], &[0, 0, 0, 1, 0x41]);
+    let facts = encode(Frame::Facts(MediaFacts {
+        extractor: Some("Generic".into()),
+        duration: Some(10.5),
+        is_live: true,
+        formats: vec![FormatInfo {
+            id: "0".into(),
+            ext: Some("mp4".into()),
+            resolution: None,
+            vcodec: None,
+            acodec: None,
+            size: Some(2048),
+            protocol: None,
+        }],
+        ..MediaFacts::default()
+    }));
+    let json = br#"{"extractor":"Generic","duration":10.5,"is_live":true,"formats":[{"id":"0","ext":"mp4","resolution":null,"vcodec":null,"acodec":null,"size":2048,"protocol":null}]}"#;
+    assert_eq!(&facts[..5], &[0, 0, 0, json.len() as u8 + 1, 0x22]);
+    assert_eq!(&facts[5..], json);
+    // Unknown to yt-dlp: absent fields are none, `is_live` false.
+    let mut minimal = BytesMut::from(&[0, 0, 0, 15, 0x22][..]);
+    minimal.extend_from_slice(br#"{"formats":[]}"#);
+    assert_eq!(
+        decode_all(minimal).unwrap(),
+        vec![Frame::Facts(MediaFacts::default())]
+    );
+    // `review` is sent only when set: a job without it is byte-identical to version 2's.
+    let job = StreamJob {
+        url: "u".into(),
+        format: "b".into(),
+        ..StreamJob::default()
+    };
+    let plain = encode(Frame::Stream(job.clone()));
+    assert!(!String::from_utf8_lossy(&plain[5..]).contains("review"));
+    let reviewed = encode(Frame::Stream(StreamJob {
+        review: true,
+        ..job
+    }));
+    assert!(String::from_utf8_lossy(&reviewed[5..]).ends_with(r#""review":true}"#));
 }
 
 #[tokio::test]
@@ -183,7 +231,8 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                 size,
                 protocol,
             },
-        );
+        )
+        .boxed();
     prop_oneof![
         (any::<u16>(), any::<String>())
             .prop_map(|(version, client)| Frame::Hello(Hello { version, client })),
@@ -197,6 +246,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
         }),
         (any::<String>(), any::<String>(), opt_string(), opt_string()).prop_map(
             |(url, format, tenant, request_id)| Frame::Stream(StreamJob {
+                review: request_id.is_some(),
                 url,
                 format,
                 tenant,
@@ -244,7 +294,7 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
             opt_string(),
             proptest::option::of(-1e9f64..1e9),
             opt_string(),
-            proptest::collection::vec(format, 0..8)
+            proptest::collection::vec(format.clone(), 0..8)
         )
             .prop_map(
                 |(title, duration, thumbnail, formats)| Frame::Info(MediaInfo {
@@ -254,11 +304,30 @@ fn arb_frame() -> impl Strategy<Value = Frame> {
                     formats
                 })
             ),
+        (
+            (opt_string(), opt_string(), opt_string()),
+            proptest::option::of(0f64..1e9),
+            any::<bool>(),
+            proptest::collection::vec(format, 0..4)
+        )
+            .prop_map(
+                |((extractor, title, uploader), duration, is_live, formats)| {
+                    Frame::Facts(MediaFacts {
+                        extractor,
+                        title,
+                        uploader,
+                        duration,
+                        is_live,
+                        formats,
+                    })
+                }
+            ),
         proptest::collection::vec(any::<u8>(), 0..4096).prop_map(|v| Frame::Data(Bytes::from(v))),
         any::<u64>().prop_map(|total_bytes| Frame::End { total_bytes }),
         (code, any::<String>())
             .prop_map(|(code, message)| Frame::Error(JobError::new(code, message))),
         Just(Frame::Cancel),
+        Just(Frame::Proceed),
     ]
 }
 

@@ -17,6 +17,7 @@ mod native;
 mod pool;
 mod proc;
 mod resolve;
+mod review;
 mod sandbox;
 mod server;
 mod slots;

@@ -32,6 +32,8 @@ pub(crate) struct Want {
     pub range: Option<ByteRange>,
     pub head: bool,
     pub max_filesize: Option<u64>,
+    /// Send the extraction's facts and open nothing before the client's `proceed`.
+    pub review: bool,
 }
 
 type Body = Pin<Box<dyn Stream<Item = Result<Bytes, FetchError>> + Send>>;

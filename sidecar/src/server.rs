@@ -252,6 +252,7 @@ async fn serve(shared: Arc<Shared>, stream: UnixStream) {
                     range: j.range,
                     head: j.head,
                     max_filesize: j.max_filesize,
+                    review: j.review,
                 };
                 (
                     "stream",

@@ -1,6 +1,7 @@
 //! A stream job: extraction (a warm pool worker, or nothing at all when the selection is
-//! cached), then the sidecar's own fetcher for a single http(s) file, or yt-dlp's
-//! downloaders for everything else — fed the extraction, so the page is not fetched twice.
+//! cached), the client's review of its facts when asked (`review.rs`), then the sidecar's
+//! own fetcher for a single http(s) file, or yt-dlp's downloaders for everything else — fed
+//! the extraction, so the page is not fetched twice.
 
 use std::time::Instant;
 
@@ -13,6 +14,7 @@ use crate::fetch::FetchError;
 use crate::job::{self, Outcome, fail, peer_ended, peer_event};
 use crate::launch;
 use crate::native::{self, Want};
+use crate::review;
 use crate::sandbox::Sandbox;
 use crate::slots::{Refused, Slot};
 
@@ -35,13 +37,19 @@ pub(crate) async fn run(
 ) -> Outcome {
     let key = extract::key(spec.url, spec.format);
     let mut retried = false;
+    // A new extraction after an expired URL is the same media: reviewed once.
+    let mut to_review = spec.want.review;
     loop {
         let found = match retried {
             false => cached(shared, &spec, &key),
             true => None,
         };
         let from_cache = found.is_some();
-        let (json, parsed) = match found {
+        let Found {
+            json,
+            parsed,
+            picked,
+        } = match found {
             Some(found) => found,
             None => match extraction(shared, &spec, sandbox, rx).await {
                 Ok(json) => {
@@ -50,20 +58,35 @@ pub(crate) async fn run(
                     if parsed.is_ok() {
                         shared.cache.put(spec.tenant, &key, json.clone());
                     }
-                    (json, parsed)
+                    Found {
+                        json,
+                        parsed,
+                        picked: false,
+                    }
                 }
                 Err(Stopped::Failed(e)) => return fail(tx, e, 0).await,
                 Err(Stopped::Peer(ev)) => return peer_ended(ev, 0, tx).await,
             },
         };
         debug!(ms = job::ms(spec.started), from_cache, "extracted");
+        let info_error =
+            |e: String| JobError::new(ErrorCode::Internal, format!("yt-dlp's info JSON: {e}"));
         let selection = match parsed {
             Ok(s) => s,
-            Err(e) => {
-                let e = JobError::new(ErrorCode::Internal, format!("yt-dlp's info JSON: {e}"));
-                return fail(tx, e, 0).await;
-            }
+            Err(e) => return fail(tx, info_error(e), 0).await,
         };
+        if std::mem::take(&mut to_review) {
+            let facts = match review::facts(&json, picked.then_some(spec.format)) {
+                Ok(facts) => facts,
+                Err(e) => return fail(tx, info_error(e), 0).await,
+            };
+            let limit = shared.config.stall_timeout;
+            match review::ask(shared, facts, limit, tx, rx).await {
+                Ok(()) => debug!(ms = job::ms(spec.started), "the client proceeds"),
+                Err(Stopped::Failed(e)) => return fail(tx, e, 0).await,
+                Err(Stopped::Peer(ev)) => return peer_ended(ev, 0, tx).await,
+            }
+        }
         if !selection.native() {
             return with_ytdlp(shared, &spec, &json, sandbox, tx, rx).await;
         }
@@ -96,21 +119,33 @@ pub(crate) async fn run(
     }
 }
 
+/// An extraction's JSON and what the stream chose from it.
+struct Found {
+    json: bytes::Bytes,
+    parsed: Result<Selection, String>,
+    /// Chosen by `format_id` from a resolve's info, not by yt-dlp's `-f`.
+    picked: bool,
+}
+
 /// The selection a stream starts with without yt-dlp: the cached one for its selector, else
 /// (an exact `format_id`) that format of a resolve's cached info.
-fn cached(
-    shared: &Shared,
-    spec: &Spec<'_>,
-    key: &str,
-) -> Option<(bytes::Bytes, Result<Selection, String>)> {
+fn cached(shared: &Shared, spec: &Spec<'_>, key: &str) -> Option<Found> {
     if let Some(json) = shared.cache.get(spec.tenant, key) {
         let parsed = Selection::parse(&json);
-        return Some((json, parsed));
+        return Some(Found {
+            json,
+            parsed,
+            picked: false,
+        });
     }
     let info = shared.cache.get(spec.tenant, spec.url)?;
     let selection = Selection::by_format_id(&info, spec.format)?;
     debug!("format_id selected from a resolve's info, without yt-dlp");
-    Some((info, Ok(selection)))
+    Some(Found {
+        json: info,
+        parsed: Ok(selection),
+        picked: true,
+    })
 }
 
 /// `yt-dlp -J -f FORMAT` in an extraction slot, from a resolve's cached info when there is

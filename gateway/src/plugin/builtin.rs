@@ -21,6 +21,8 @@ pub const TOKEN_FERNET: &[u8] = include_bytes!(plugin_file!("token_fernet.wasm")
 pub const POLICY_ALLOWLIST: &[u8] = include_bytes!(plugin_file!("policy_allowlist.wasm"));
 /// `auth-hmac`: example auth plugin (signed links, bearer tokens).
 pub const AUTH_HMAC: &[u8] = include_bytes!(plugin_file!("auth_hmac.wasm"));
+/// `policy-media`: example media policy (WIT 0.2.0): live streams, duration, size.
+pub const POLICY_MEDIA: &[u8] = include_bytes!(plugin_file!("policy_media.wasm"));
 
 /// The built plugins' directory (`<target>/plugins/wasm32-wasip2/wasm`).
 pub fn plugin_dir() -> PathBuf {
@@ -32,14 +34,21 @@ pub fn test_misbehave_path() -> PathBuf {
     PathBuf::from(plugin_file!("test_misbehave.wasm"))
 }
 
+/// `test-misbehave-media` (a 0.2.0 media policy whose review loops or traps on demand), for
+/// tests only: not embedded in the binary.
+pub fn test_misbehave_media_path() -> PathBuf {
+    PathBuf::from(plugin_file!("test_misbehave_media.wasm"))
+}
+
 /// The embedded plugin called `name` (`token-xchacha`, `token-fernet`, `policy-allowlist`,
-/// `auth-hmac`), if any.
+/// `auth-hmac`, `policy-media`), if any.
 pub fn by_name(name: &str) -> Option<&'static [u8]> {
     match name {
         "token-xchacha" => Some(TOKEN_XCHACHA),
         "token-fernet" => Some(TOKEN_FERNET),
         "policy-allowlist" => Some(POLICY_ALLOWLIST),
         "auth-hmac" => Some(AUTH_HMAC),
+        "policy-media" => Some(POLICY_MEDIA),
         _ => None,
     }
 }
@@ -70,10 +79,17 @@ mod tests {
 
     #[test]
     fn built_plugins_are_components() {
-        for wasm in [TOKEN_XCHACHA, TOKEN_FERNET, POLICY_ALLOWLIST, AUTH_HMAC] {
+        for wasm in [
+            TOKEN_XCHACHA,
+            TOKEN_FERNET,
+            POLICY_ALLOWLIST,
+            AUTH_HMAC,
+            POLICY_MEDIA,
+        ] {
             // component-model preamble: magic, then layer 1 / version 0x0d
             assert_eq!(&wasm[..8], b"\0asm\x0d\0\x01\0");
         }
         assert!(test_misbehave_path().is_file());
+        assert!(test_misbehave_media_path().is_file());
     }
 }

@@ -18,6 +18,7 @@ use wasmtime_wasi::WasiCtx;
 
 use super::bindings;
 use super::host::{CappedPipe, HostState, MemoryLimiter};
+use super::policy::PolicyWorld;
 use super::{EngineSettings, PluginError, PolicyPlugin, TokenPlugin};
 
 /// How often the epoch advances; the deadline's resolution.
@@ -79,6 +80,8 @@ impl PluginEngine {
         link_wasi(&mut linker).map_err(engine_err)?;
         bindings::token::TokenPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(engine_err)?;
+        bindings::v2::MediaPolicyPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
+            .map_err(engine_err)?;
 
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -123,7 +126,8 @@ impl PluginEngine {
         Ok(TokenPlugin::new(self.clone(), name, config, pre))
     }
 
-    /// Compiles and links a policy plugin (world `policy-plugin`) with its tenant config.
+    /// Compiles and links a policy plugin (world `policy-plugin` of 0.1.0 or 0.2.0, or
+    /// 0.2.0's `media-policy-plugin`) with its tenant config.
     pub fn load_policy(
         &self,
         name: &str,
@@ -131,8 +135,8 @@ impl PluginEngine {
         config: BTreeMap<String, String>,
     ) -> Result<PolicyPlugin, PluginError> {
         let pre = self.pre_instantiate(name, wasm)?;
-        let pre = bindings::policy::PolicyPluginPre::new(pre).map_err(|e| link_err(name, e))?;
-        Ok(PolicyPlugin::new(self.clone(), name, config, pre))
+        let world = PolicyWorld::detect(pre).map_err(|e| link_err(name, e))?;
+        Ok(PolicyPlugin::new(self.clone(), name, config, world))
     }
 
     /// Compiles and links `wasm`, or returns the cached result for identical bytes.

@@ -16,6 +16,7 @@ use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::bindings::v2::streamgate::plugin as v2;
 use super::bindings::{clock, config, log, types};
 
 /// Store data of one plugin call; dropped with the store when the call ends.
@@ -75,6 +76,32 @@ impl log::Host for HostState {
 }
 
 impl clock::Host for HostState {
+    fn now(&mut self) -> u64 {
+        unix_now()
+    }
+}
+
+// 0.2.0's imports: the same host, under 0.2.0's names.
+impl v2::config::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        config::Host::get(self, key)
+    }
+}
+
+impl v2::log::Host for HostState {
+    fn log(&mut self, level: v2::log::Level, message: String) {
+        let level = match level {
+            v2::log::Level::Trace => log::Level::Trace,
+            v2::log::Level::Debug => log::Level::Debug,
+            v2::log::Level::Info => log::Level::Info,
+            v2::log::Level::Warn => log::Level::Warn,
+            v2::log::Level::Error => log::Level::Error,
+        };
+        log::Host::log(self, level, message);
+    }
+}
+
+impl v2::clock::Host for HostState {
     fn now(&mut self) -> u64 {
         unix_now()
     }

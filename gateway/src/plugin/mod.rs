@@ -1,5 +1,6 @@
 //! The plugin host: operator-written token and policy logic as WebAssembly components
-//! (`wit/`, package `streamgate:plugin@0.1.0`), run sandboxed by wasmtime.
+//! (`wit/`, package `streamgate:plugin@0.1.0`, and `wit/v0.2.0/`, whose policies may also
+//! review the media once it is extracted), run sandboxed by wasmtime.
 //!
 //! Each component is compiled once at load time into an `InstancePre`; every call gets a
 //! fresh `Store` and instance (no state leaks between requests), an epoch deadline and a
@@ -59,6 +60,38 @@ pub struct Denial {
     pub status: u16,
     /// Short reason for the client; never a secret.
     pub reason: String,
+}
+
+/// What the extraction found, for a media policy's review (WIT `media-info`, 0.2.0).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MediaInfo {
+    /// yt-dlp's extractor, e.g. `Generic`.
+    pub extractor: Option<String>,
+    /// The media's title.
+    pub title: Option<String>,
+    /// Who published it.
+    pub uploader: Option<String>,
+    /// Seconds.
+    pub duration: Option<f64>,
+    /// A live stream.
+    pub is_live: bool,
+    /// The format(s) the selector chose.
+    pub formats: Vec<ChosenFormat>,
+}
+
+/// One chosen format (WIT `chosen-format`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChosenFormat {
+    /// yt-dlp's `format_id`.
+    pub format_id: String,
+    /// File extension.
+    pub ext: Option<String>,
+    /// Video codec (`none`: audio only).
+    pub vcodec: Option<String>,
+    /// Audio codec (`none`: video only).
+    pub acodec: Option<String>,
+    /// Bytes, exact or yt-dlp's estimate.
+    pub size: Option<u64>,
 }
 
 /// A policy plugin's verdict.

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use futures::SinkExt;
 use streamgate_protocol::{
-    Connection, Frame, FrameCodec, JobError, MediaInfo, Metadata, ProtocolError, ResolveJob,
-    StreamJob, Welcome, client_handshake, next_frame,
+    Connection, Frame, FrameCodec, JobError, MediaFacts, MediaInfo, Metadata, ProtocolError,
+    ResolveJob, StreamJob, Welcome, client_handshake, next_frame,
 };
 use tokio::net::UnixStream;
 use tokio_util::codec::Framed;
@@ -79,12 +79,21 @@ impl SidecarClient {
         self.connect().await.map(|(_, welcome)| welcome)
     }
 
-    /// Starts `job` and waits for its metadata, so the caller can still answer with a real
-    /// status if the job fails early. Dropping the returned connection cancels the job.
-    pub async fn start(&self, job: StreamJob) -> Result<(Metadata, JobConnection), SidecarError> {
+    /// Starts `job` and waits for its metadata (or, with `review`, the media's facts), so
+    /// the caller can still answer with a real status if the job fails early. Dropping the
+    /// returned connection cancels the job.
+    pub async fn start(&self, job: StreamJob) -> Result<Started, SidecarError> {
         const DURING: &str = "awaiting metadata";
+        let review = job.review;
         match self.job(Frame::Stream(job), DURING).await? {
-            (Frame::Metadata(meta), conn) => Ok((meta, conn)),
+            (Frame::Metadata(meta), conn) => Ok(Started::Ready(meta, conn)),
+            (Frame::Facts(facts), conn) if review => Ok(Started::Review(
+                facts,
+                Reviewing {
+                    conn,
+                    metadata_timeout: self.metadata_timeout,
+                },
+            )),
             (other, _) => Err(unexpected(&other, DURING)),
         }
     }
@@ -110,15 +119,51 @@ impl SidecarClient {
         let first = tokio::time::timeout(self.metadata_timeout, next_frame(&mut conn, during))
             .await
             .map_err(|_| SidecarError::MetadataTimeout)?;
-        match first {
-            Ok(Frame::Error(e)) => Err(SidecarError::Job(e)),
-            Ok(frame) => Ok((frame, conn)),
-            // The sidecar going away mid-job (a crash, a restart) is an outage, not a bug.
-            Err(ProtocolError::Closed { .. }) => Err(SidecarError::Unavailable(format!(
-                "connection closed {during}"
-            ))),
-            Err(e) => Err(e.into()),
+        match first.map_err(|e| closed_is_unavailable(e, during))? {
+            Frame::Error(e) => Err(SidecarError::Job(e)),
+            frame => Ok((frame, conn)),
         }
+    }
+}
+
+/// A stream job's first answer.
+pub enum Started {
+    /// The media is open: its metadata, then the data on the connection.
+    Ready(Metadata, JobConnection),
+    /// (A job with `review`.) What the extraction found; nothing is opened until
+    /// [`Reviewing::proceed`]. Dropping it stops the job.
+    Review(MediaFacts, Reviewing),
+}
+
+/// A job waiting for the verdict on its media's facts.
+pub struct Reviewing {
+    conn: JobConnection,
+    metadata_timeout: Duration,
+}
+
+impl Reviewing {
+    /// Lets the job open the media and waits for its metadata under the timeout.
+    pub async fn proceed(mut self) -> Result<(Metadata, JobConnection), SidecarError> {
+        const DURING: &str = "awaiting metadata after proceed";
+        self.conn.send(Frame::Proceed).await?;
+        let first = tokio::time::timeout(self.metadata_timeout, next_frame(&mut self.conn, DURING))
+            .await
+            .map_err(|_| SidecarError::MetadataTimeout)?;
+        match first.map_err(|e| closed_is_unavailable(e, DURING))? {
+            Frame::Metadata(meta) => Ok((meta, self.conn)),
+            Frame::Error(e) => Err(SidecarError::Job(e)),
+            other => Err(unexpected(&other, DURING)),
+        }
+    }
+}
+
+/// The sidecar going away mid-job (a crash, a restart) is an outage, not a bug.
+fn closed_is_unavailable(e: ProtocolError, during: &'static str) -> SidecarError {
+    match e {
+        ProtocolError::Closed { .. } => {
+            SidecarError::Unavailable(format!("connection closed {during}"))
+        }
+        e => e.into(),
     }
 }
 

@@ -6,5 +6,5 @@
 mod client;
 mod supervisor;
 
-pub use client::{CHUNK, JobConnection, SidecarClient, SidecarError};
+pub use client::{CHUNK, JobConnection, Reviewing, SidecarClient, SidecarError, Started};
 pub use supervisor::{Supervisor, SupervisorSettings};
