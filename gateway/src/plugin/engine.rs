@@ -26,7 +26,7 @@ const EPOCH_TICK: Duration = Duration::from_millis(5);
 
 /// Per-component maxima for the pool. A `wasm32-wasip2` Rust component has one main module
 /// plus a few adapter/shim instances; these leave room for other toolchains.
-const CORE_INSTANCES_PER_COMPONENT: u32 = 32;
+const CORE_INSTANCES_PER_COMPONENT: u32 = 64;
 const MEMORIES_PER_COMPONENT: u32 = 4;
 const TABLES_PER_COMPONENT: u32 = 16;
 
