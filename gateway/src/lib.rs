@@ -25,3 +25,4 @@ pub mod sidecar;
 pub mod state;
 mod stream;
 pub mod tenant;
+mod web;

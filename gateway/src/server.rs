@@ -26,7 +26,7 @@ use crate::app::App;
 use crate::error::{Problem, recover};
 use crate::metrics;
 use crate::request::{ClientAddr, host, request_parts};
-use crate::{resolve, stream};
+use crate::{resolve, stream, web};
 
 /// hyper's HTTP/1 write buffer per connection: it stops polling the body for more once this
 /// much is queued, so a stalled client holds at most this plus one body chunk. Also the most
@@ -123,6 +123,8 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .or(stream)
         .unify()
         .or(resolve)
+        .unify()
+        .or(web::routes(app.clone()))
         .unify();
     let counted = app.clone();
     warp::path::full()
