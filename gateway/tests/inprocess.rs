@@ -497,3 +497,55 @@ async fn an_h2c_request_is_served_by_the_tenant_of_its_authority() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn the_web_page_is_served_with_its_policy_and_a_validator() {
+    let app = &fixture().app;
+    let resp = get(app, "a.example", "/").await;
+    assert_eq!(resp.status(), 200);
+    let h = resp.headers();
+    assert_eq!(h["content-type"], "text/html; charset=utf-8");
+    let csp = h["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; script-src 'self';"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe"), "{csp}");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    let page = String::from_utf8_lossy(resp.body());
+    assert!(page.contains(r#"data-key-header="x-api-key" data-key-required="false""#));
+    assert!(
+        !page.contains("<script>") && !page.contains("style="),
+        "no inline code"
+    );
+    let etag = h["etag"].clone();
+    let again = warp::test::request()
+        .path("/")
+        .header("host", "a.example")
+        .header("if-none-match", etag.clone());
+    let again = send(app, again).await;
+    assert_eq!((again.status().as_u16(), again.body().len()), (304, 0));
+    assert_eq!(again.headers()["etag"], etag);
+
+    let script = get(app, "a.example", "/web/app.js").await;
+    assert_eq!(script.status(), 200);
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(script.headers()["x-content-type-options"], "nosniff");
+    problem(
+        &get(app, "a.example", "/web/nope.js").await,
+        404,
+        "route_not_found",
+    );
+    problem(&get(app, "nobody.example", "/").await, 404, "unknown_host");
+    let post = send(
+        app,
+        warp::test::request()
+            .method("POST")
+            .path("/")
+            .header("host", "a.example"),
+    );
+    problem(&post.await, 405, "method_not_allowed");
+}

@@ -7,7 +7,6 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use bytes::Bytes;
-
 use warp::host::Authority;
 use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::{Filter, Rejection};
@@ -23,7 +22,7 @@ use crate::tenant::Tenant;
 /// own servers, so `img-src` allows any `https:` origin (never `http:`, never `data:`).
 /// The browser fetches them directly, with no referrer (`Referrer-Policy`), so the media
 /// site learns the viewer's address, as it would when the viewer opens the page itself.
-pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
      style-src 'self'; img-src 'self' https:; media-src 'self'; connect-src 'self'; \
      form-action 'none'; base-uri 'none'; frame-ancestors 'none'; \
      require-trusted-types-for 'script'";
