@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use streamgate_testkit::serve::{Serve, listening_url};
 
-use crate::paths::{release_bin, yt_dlp};
+use crate::paths::{release_bin, without_test_env, yt_dlp};
 use crate::process::{ChildGuard, ProcInfo, descendants};
 
 /// `comm` of the sidecar process (truncated by the kernel to 15 bytes).
@@ -82,7 +82,9 @@ impl Gateway {
         let dir = tempfile::tempdir().expect("gateway temp dir");
         let state_dir = dir.path().join("state");
         let mut cmd = Command::new(script);
-        cmd.args(args)
+        // The script runs cargo (scripts/setup).
+        without_test_env(&mut cmd)
+            .args(args)
             .args([
                 "--listen",
                 "127.0.0.1:0",
