@@ -24,9 +24,11 @@ fn chromium(scenario: Value) -> Value {
         std::path::Path::new("/usr/bin/chromium").is_file(),
         "/usr/bin/chromium missing: run scripts/setup (apt chromium)"
     );
-    let out = Command::new("node")
+    // Every step waits 60 s at most; `timeout` bounds a browser that hangs at start
+    // (Playwright closes Chromium on SIGTERM).
+    let out = Command::new("timeout")
+        .args(["--kill-after=10", "300", "node", "web.mjs"])
         .current_dir(&js)
-        .arg("web.mjs")
         .arg(scenario.to_string())
         .output()
         .expect("run node");
