@@ -66,6 +66,9 @@ def open_spec(path):
         extra_media_type_deserializers={
             PROBLEM_JSON: json_loads,
             "application/openmetrics-text": plain_loads,
+            "text/javascript": plain_loads,
+            "text/css": plain_loads,
+            "image/svg+xml": plain_loads,
         }
     )
     return OpenAPI.from_file_path(path, config=config)
