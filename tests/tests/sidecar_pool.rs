@@ -353,3 +353,118 @@ async fn a_full_extraction_queue_answers_busy(pool: bool) {
 }
 
 both_paths!(a_full_extraction_queue_answers_busy);
+
+/// Loads the forkserver's functions (its `main` runs only as `python -c`), warms up exactly
+/// as the pool does, then checks that its shortcuts decide nothing differently from yt-dlp.
+/// argv: FORKSERVER YT_DLP URL…
+const SAME_DECISIONS: &str = r#"
+import gc, json, os, re, runpy, subprocess, sys
+fs = runpy.run_path(sys.argv[1], run_name='forkserver')
+yt_dlp_bin, urls = sys.argv[2], sys.argv[3:]
+import yt_dlp
+saved = os.dup(1)
+os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+fs['warm'](yt_dlp, '')
+sys.stdout.flush()
+os.dup2(saved, 1)
+gc.collect()
+gc.freeze()
+
+def pooled(argv):
+    # A child of the warmed process, as a pool worker is.
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        os.dup2(w, 1)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        os._exit(fs['run'](yt_dlp, argv))
+    os.close(w)
+    with os.fdopen(r, 'rb') as f:
+        out = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), out
+
+def plain(argv):
+    return subprocess.Popen([yt_dlp_bin, *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+
+def info(out):
+    # The time of the run, and the Chrome version yt-dlp draws for its User-Agent once per
+    # process (the pool's workers share their parent's).
+    doc = json.loads(re.sub(rb'Chrome/[0-9.]+', b'Chrome/*', out))
+    doc.pop('epoch')
+    return doc
+
+# A stream's extraction (`-f best`) and a resolve's (yt-dlp's default selector).
+argvs = [['--ignore-config', '--no-cache-dir', '--no-plugin-dirs', '-J', *selector, '--', url]
+         for url in urls for selector in (['-f', 'best'], [])]
+plains = [plain(argv) for argv in argvs]  # at once: a yt-dlp start costs ~1 s of CPU
+for argv, p in zip(argvs, plains):
+    a, pooled_out = pooled(argv)
+    plain_out = p.communicate()[0]
+    assert a == p.returncode, (argv, a, p.returncode)
+    assert a != 0 or info(pooled_out) == info(plain_out), (argv, pooled_out, plain_out)
+
+# Which extractor takes a URL: the test URLs of every eighth extractor and of well-known
+# ones, against yt-dlp's own loop; and every extractor skipped for lacking its texts is
+# indeed unsuitable for that URL.
+ydl = sys.modules['yt_dlp.YoutubeDL'].YoutubeDL({'quiet': True})
+table = ydl.__dict__[fs['Extractors'].ATTR]
+known = {'Youtube', 'YoutubeTab', 'Vimeo', 'Dailymotion', 'TwitchVod', 'Soundcloud',
+         'Bandcamp', 'Twitter', 'Instagram', 'TikTok', 'Reddit', 'Facebook', 'BBC', 'Generic'}
+tests = []
+for i, key in enumerate(table.keys):
+    if i % 8 == 0 or key in known:
+        real = getattr(ydl._ies[key], 'real_class', ydl._ies[key])
+        tests += [t['url'] for t in real.get_testcases(include_onlymatching=True)
+                  if isinstance(t.get('url'), str)]
+tests = list(dict.fromkeys(tests + urls + ['HTTPS://WWW.YOUTUBE.COM/watch?v=BaW_jenozKc']))
+chosen, skips = set(), 0
+for url in tests:
+    expected = next(key for key, ie in ydl._ies.items() if ie.suitable(url))
+    assert table.first_suitable(ydl._ies, url) == expected, (url, expected)
+    chosen.add(expected)
+    for key, need in zip(table.keys, table.needs):
+        if need is not None and not any(text in url for text in
+                                        ((need,) if isinstance(need, str) else need)):
+            assert not ydl._ies[key].suitable(url), (key, need, url)
+            skips += 1
+print(f'{len(argvs)} extractions equal; {len(tests)} URLs, {len(chosen)} extractors chosen as '
+      f'yt-dlp chooses; {skips} skips proven')
+"#;
+
+/// The forkserver's shortcuts for a cold extraction (issue 10: a prebuilt extractor list,
+/// the first suitable extractor found from the texts its URL regexes need, two warm-up
+/// extractions on a canned response, a larger regex cache) decide
+/// nothing yt-dlp would decide otherwise: in a child of the warmed process, `-J` of every
+/// fixture kind, a stream's and a resolve's, equals a plain yt-dlp run's (exit code and info, the
+/// time of the run aside), and the extractor taken for the test URLs of several hundred
+/// extractors is the one yt-dlp's own loop takes.
+#[test]
+fn the_warm_pool_decides_what_yt_dlp_decides() {
+    let server = FixtureServer::start(fixtures());
+    let forkserver = repo_root().join("sidecar/python/forkserver.py");
+    let urls = [
+        "progressive.mp4",
+        "audio-only.m4a",
+        "hls/index.m3u8",
+        "hls-fmp4/index.m3u8",
+        "dash/manifest.mpd",
+        "page.html",
+        "missing.mp4",
+    ]
+    .map(|path| server.url(path));
+    let out = std::process::Command::new(yt_dlp().with_file_name("python"))
+        .arg("-I")
+        .arg("-c")
+        .arg(SAME_DECISIONS)
+        .arg(&forkserver)
+        .arg(yt_dlp())
+        .args(&urls)
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stdout).trim());
+}
