@@ -2,9 +2,9 @@
 
     check.py SPEC EXCHANGES.json
 
-EXCHANGES.json is what tests/tests/openapi.rs records: a list of
-{name, method, host, path, query, request_headers, status, headers, body_b64, body_len,
-truncated}. Each response must be one the document describes for its path and method:
+EXCHANGES.json is what tests/tests/openapi.rs records: {"exchanges": [{name, method, host,
+path, query, request_headers, status, headers, body_b64, body_len, truncated}, …],
+"problem_codes": [the sidecar job codes of the protocol, which no exchange may reach]}. Each response must be one the document describes for its path and method:
 status (or a range such as 4XX), media type, required headers and their schemas, body
 schema. On top of openapi-core's response validation:
 
@@ -14,7 +14,8 @@ schema. On top of openapi-core's response validation:
   the response's content lists, and its body must be empty;
 - a response the document gives no content must have no body;
 - a problem's `status` is the response's status and its `type` ends in its `code`;
-- every operation of the document was exercised at least once.
+- every operation of the document was exercised at least once, and every code in
+  `problem_codes` is one the document's Problem lists.
 
 Prints one line per exchange and exits 1 if anything does not match.
 """
@@ -147,7 +148,8 @@ def describe(e):
 def main(spec_path, exchanges_path):
     app = open_spec(spec_path)
     with open(exchanges_path) as f:
-        exchanges = json.load(f)
+        recorded = json.load(f)
+    exchanges = recorded["exchanges"]
     failed = 0
     seen = set()
     for ex in exchanges:
@@ -171,6 +173,10 @@ def main(spec_path, exchanges_path):
     for path, method in sorted(documented - seen):
         failed += 1
         print(f"FAIL {method.upper()} {path}: documented, never exercised")
+    listed = set((app.spec / "components" / "schemas" / "Problem" / "properties" / "code" / "enum").read_value())
+    for code in sorted(set(recorded["problem_codes"]) - listed):
+        failed += 1
+        print(f"FAIL problem code {code!r}: not in the document's Problem")
     print(f"{len(exchanges)} exchanges, {len(documented)} operations, {failed} failures")
     return 1 if failed else 0
 

@@ -237,7 +237,13 @@ impl Recorder {
         let dir = target_dir().join("openapi");
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("exchanges.json");
-        std::fs::write(&file, serde_json::to_vec_pretty(&self.exchanges).unwrap()).unwrap();
+        // The sidecar's job codes: most need a broken upstream or sidecar to reach.
+        let codes: Vec<&str> = streamgate_protocol::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        let recorded = json!({ "exchanges": self.exchanges, "problem_codes": codes });
+        std::fs::write(&file, serde_json::to_vec_pretty(&recorded).unwrap()).unwrap();
         let out = Command::new(venv_bin("python"))
             .arg(repo_root().join("tests/openapi/check.py"))
             .arg(document())
