@@ -4,7 +4,7 @@
 //!
 //! Tenants, one gateway: `legacy` (policy-allowlist, a 0.1.0 component), `strict`
 //! (policy-media: live streams and more than 5 s refused), `roomy` (policy-media: up to 4 h
-//! and 2 GB), `misbehave` (test-misbehave-media, whose review traps or loops on cue).
+//! and 2 GB, anyone may resolve), `misbehave` (test-misbehave-media, whose review traps or loops on cue).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -40,7 +40,7 @@ egress = {LOOPBACK_EGRESS}
         ),
         tenant(
             "roomy",
-            r#"{ builtin = "policy-media", config = { max_duration_secs = "14400", max_size_bytes = "2000000000" } }"#,
+            r#"{ builtin = "policy-media", config = { max_duration_secs = "14400", max_size_bytes = "2000000000", public_resolve = "true" } }"#,
         ),
         tenant(
             "misbehave",
@@ -277,4 +277,65 @@ async fn a_misbehaving_review_costs_one_request() {
     let logs = gw.logs();
     assert!(logs.contains("exceeded its deadline"), "{logs}");
     assert!(logs.contains("trapped"), "{logs}");
+}
+
+/// `POST /v1/resolve` as `tenant`: the status and the JSON answer.
+async fn resolve(gw: &Gateway, tenant: &str, url: &str) -> (u16, serde_json::Value) {
+    let resp = reqwest::Client::new()
+        .post(gw.url("/v1/resolve"))
+        .header("host", format!("{tenant}.test"))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({ "url": url, "format": "b" }).to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.bytes().await.unwrap();
+    (
+        status,
+        serde_json::from_slice(&body).expect("a JSON answer"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_after_a_resolve_is_reviewed_from_its_cached_extraction() {
+    let (gw, _config, _dir) = start().await;
+    let server = own_server(|base| vec![film_page(base, "/big.html", "PT3H", 3_000_000_000)]);
+    let (hls, big) = (server.url("hls/index.m3u8"), server.url("big.html"));
+
+    // policy-media lets only `public_resolve` tenants resolve.
+    let (status, problem) = resolve(&gw, "strict", &hls).await;
+    assert_eq!(
+        (status, &problem["code"]),
+        (401, &"policy_denied".into()),
+        "{problem}"
+    );
+
+    let (status, info) = resolve(&gw, "roomy", &hls).await;
+    assert_eq!(status, 200, "{info}");
+    // What an extraction of it costs the origin (the resolve's, the only one so far).
+    let extraction = server.method_hits("GET", "/hls/index.m3u8");
+    let link = gw.url(info["stream_url"].as_str().unwrap());
+    let args = ["-H".to_owned(), "Host: roomy.test".to_owned()];
+    let got = blocking(move || curl(&[&args[0], &args[1]], &link)).await;
+    assert_eq!((got.exit, got.status), (0, 200), "{got:?}\n{}", gw.logs());
+    assert_eq!(
+        server.method_hits("GET", "/hls/index.m3u8") - extraction,
+        1,
+        "the fetcher's one read of the playlist, no second extraction ({extraction} reads): \
+         the facts came from the resolve's"
+    );
+    assert!(segment_gets(&server) > 0);
+
+    // The resolve of 3 GB answers (it is no media); its stream is refused, unopened.
+    let (status, info) = resolve(&gw, "roomy", &big).await;
+    assert_eq!(status, 200, "{info}");
+    let link = gw.url(info["stream_url"].as_str().unwrap());
+    let args = ["-H".to_owned(), "Host: roomy.test".to_owned()];
+    let denied = blocking(move || curl(&[&args[0], &args[1]], &link)).await;
+    assert_problem(&denied, 403, "media_denied", "3 GB after a resolve");
+    let gets = server.gets("/progressive.mp4");
+    assert!(gets.iter().all(|s| s.range.is_none()), "{gets:?}");
+    let logs = gw.logs();
+    assert_eq!(logs.matches("media review").count(), 2, "{logs}");
 }

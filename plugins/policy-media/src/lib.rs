@@ -1,6 +1,8 @@
 //! `policy-media`: a media policy (`streamgate:plugin@0.2.0`, world `media-policy-plugin`).
-//! `check` lets every request through; `review` judges the media the extraction found,
-//! before any media byte moves. Config (every key optional):
+//! `check` lets every stream through, and a resolve (`POST /v1/resolve`, which makes the
+//! sidecar fetch any URL it is given) only with `public_resolve = "true"`, else 401, as
+//! `policy-allowlist` does; `review` judges the media the extraction found, before any
+//! media byte moves. Config (every key optional):
 //! - `deny_live = "true"`: refuse live streams;
 //! - `max_duration_secs = "7200"`: refuse media longer than this;
 //! - `max_size_bytes = "2000000000"`: refuse media whose chosen formats add up to more
@@ -36,7 +38,15 @@ fn deny(reason: String) -> Result<(), Denial> {
 struct Component;
 
 impl policy::Guest for Component {
-    fn check(_request: HttpRequest, _wanted: StreamRequest) -> Decision {
+    fn check(request: HttpRequest, _wanted: StreamRequest) -> Decision {
+        let resolve =
+            request.method == "POST" || request.path.trim_end_matches('/') == "/v1/resolve";
+        if resolve && config::get("public_resolve").as_deref() != Some("true") {
+            return Decision::Deny(Denial {
+                status: 401,
+                reason: "resolve needs credentials".into(),
+            });
+        }
         Decision::Allow(Changes {
             format: None,
             filename: None,
