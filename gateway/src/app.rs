@@ -8,7 +8,7 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::body::Drain;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, ServerConfig};
 use crate::limits::Limiter;
 use crate::metrics::Metrics;
 use crate::plugin::PluginEngine;
@@ -28,6 +28,8 @@ pub struct App {
     pub limiter: Limiter,
     /// What `/metrics` shows.
     pub metrics: Metrics,
+    /// The listener's timeouts and caps; read at start.
+    pub server: ServerConfig,
     /// Runs the plugins; its limits (`[plugins]`) are set once.
     engine: PluginEngine,
 }
@@ -37,7 +39,7 @@ pub struct App {
 pub struct Reloaded {
     /// Tenants now serving.
     pub tenants: usize,
-    /// Settings read only at start (listen, sidecar, drain, limits, plugins): they need a
+    /// Settings read only at start (listen, server, sidecar, drain, limits, plugins): they need a
     /// restart.
     pub restart_needed: Vec<&'static str>,
 }
@@ -57,6 +59,7 @@ impl App {
             drain: Drain::default(),
             limiter,
             metrics,
+            server: config.server.clone(),
             engine,
         })
     }
@@ -76,6 +79,7 @@ impl App {
             ("listen", config.listen != running.listen),
             ("sidecar", config.sidecar != running.sidecar),
             ("drain_secs", config.drain_secs != running.drain_secs),
+            ("server", config.server != running.server),
             ("limits", config.limits != running.limits),
             ("plugins", config.plugins != running.plugins),
         ];

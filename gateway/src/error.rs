@@ -92,6 +92,9 @@ pub enum GatewayError {
     /// A body without `Content-Length`.
     #[error("a Content-Length header is required")]
     LengthRequired,
+    /// A body that did not arrive whole within `[server] resolve_body_timeout_secs`.
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// A limit is reached, or the limiter cannot count.
     #[error(transparent)]
     Limit(#[from] LimitError),
@@ -118,6 +121,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => StatusCode::BAD_REQUEST,
             GatewayError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::LengthRequired => StatusCode::LENGTH_REQUIRED,
+            GatewayError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             GatewayError::Limit(LimitError::Limited { .. }) => StatusCode::TOO_MANY_REQUESTS,
             GatewayError::Limit(LimitError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -143,6 +147,7 @@ impl GatewayError {
             GatewayError::BadRequest(_) => "bad_request",
             GatewayError::PayloadTooLarge => "payload_too_large",
             GatewayError::LengthRequired => "length_required",
+            GatewayError::BodyTimeout => "body_timeout",
             GatewayError::Limit(LimitError::Limited { .. }) => "rate_limited",
             GatewayError::Limit(LimitError::Unavailable(_)) => "limiter_unavailable",
         }

@@ -86,6 +86,9 @@ struct Inner {
     plugin_latency: HistogramFamily<PluginLabel>,
     limiter_rejections: Family<LimitLabels, Counter>,
     limiter_errors: Family<DecisionLabel, Counter>,
+    connections: Gauge,
+    connections_refused: Counter,
+    connections_timed_out: Family<KindLabel, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -116,6 +119,9 @@ impl Metrics {
             plugin_latency: Family::new_with_constructor(latency_histogram),
             limiter_rejections: Family::default(),
             limiter_errors: Family::default(),
+            connections: Gauge::default(),
+            connections_refused: Counter::default(),
+            connections_timed_out: Family::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -163,6 +169,19 @@ impl Metrics {
             "limiter_errors",
             "Limiter backend failures by decision",
             lim,
+        );
+        let open = inner.connections.clone();
+        r.register("connections", "Client connections open now", open);
+        r.register(
+            "connections_refused",
+            "Connections closed at accept: server.max_connections reached",
+            inner.connections_refused.clone(),
+        );
+        r.register(
+            "connections_timed_out",
+            "Connections closed by a timeout: header (no whole request head in time) or \
+             idle_write (the client took no byte in time)",
+            inner.connections_timed_out.clone(),
         );
         Metrics {
             inner: Arc::new(Inner { registry, ..inner }),
@@ -247,6 +266,39 @@ impl Metrics {
         let decision = decision.to_owned();
         let labels = DecisionLabel { decision };
         self.inner.limiter_errors.get_or_create(&labels).inc();
+    }
+}
+
+/// One open client connection, counted in `connections` until it drops.
+pub struct ConnectionGuard {
+    open: Gauge,
+}
+
+impl Metrics {
+    /// Counts a connection open until the guard drops.
+    pub fn connection(&self) -> ConnectionGuard {
+        self.inner.connections.inc();
+        ConnectionGuard {
+            open: self.inner.connections.clone(),
+        }
+    }
+
+    /// A connection closed at accept, over the cap.
+    pub fn connection_refused(&self) {
+        self.inner.connections_refused.inc();
+    }
+
+    /// A connection closed by a timeout: `header` or `idle_write`.
+    pub fn connection_timed_out(&self, kind: &'static str) {
+        let kind = kind.to_owned();
+        let timed_out = &self.inner.connections_timed_out;
+        timed_out.get_or_create(&KindLabel { kind }).inc();
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 

@@ -1,30 +1,41 @@
 //! The HTTP surface: the route table ([`routes`], warp filters handing each route to its
 //! handler, one `recover`, every response counted), served through hyper-util the way
 //! `warp::serve(..).incoming(..).graceful(..)` does it (HTTP/1 and HTTP/2 on one listener, upgrades, graceful
-//! shutdown that lets open responses finish), with one difference: HTTP/1's write buffer is
-//! capped at [`HTTP1_MAX_BUF`]. hyper's default (≈ 400 KiB) lets a client that stops reading
-//! park that much of the body in the gateway per stream; warp 0.4 offers no way to set it.
+//! shutdown that lets open responses finish), with the defences warp 0.4 does not expose:
+//! HTTP/1's write buffer capped at [`HTTP1_MAX_BUF`] (hyper's default, ≈ 400 KiB, lets a client
+//! that stops reading park that much of the body per stream), and `[server]`'s timeouts and
+//! connection cap (docs/config.md), so one hostile client holds one connection for a bounded
+//! time, and many of them cannot take the process's descriptors.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures::TryStreamExt;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Sleep;
+use tokio_util::sync::CancellationToken;
 use warp::host::Authority;
 use warp::http::{Method, Request};
 use warp::{Filter, Rejection, Reply};
 
 use crate::app::App;
-use crate::error::{Problem, recover};
-use crate::metrics;
+use crate::error::{GatewayError, Problem, recover};
+use crate::metrics::{self, Metrics};
 use crate::request::{ClientAddr, host, request_parts};
 use crate::{resolve, stream, web};
 
@@ -35,10 +46,13 @@ pub const HTTP1_MAX_BUF: usize = 32 * 1024;
 
 /// Serves `routes(app)` on `listener` until `shutdown` resolves, then stops accepting,
 /// asks every connection to finish (responses in flight complete; keep-alive ends), and
-/// returns once all of them are closed.
+/// returns once all of them are closed. `app.server` sets the timeouts and the cap.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let settings = app.server.clone();
+    let metrics = app.metrics.clone();
     let filter = routes(app);
     let graceful = GracefulShutdown::new();
+    let slots = Arc::new(Semaphore::new(settings.max_connections));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (io, remote) = tokio::select! {
@@ -51,18 +65,53 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             },
             () = &mut shutdown => break,
         };
+        // Over the cap: accepted and closed at once (Envoy's `max_connections`), so the
+        // backlog does not fill with clients that would wait for nothing.
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            metrics.connection_refused();
+            drop(io);
+            continue;
+        };
+        let open = metrics.connection();
+        let asked = CancellationToken::new();
         let svc = TowerToHyperService::new(warp::service(filter.clone()));
-        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ClientAddr(remote));
-            svc.call(req)
-        });
+        let svc = {
+            let asked = asked.clone();
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                asked.cancel();
+                req.extensions_mut().insert(ClientAddr(remote));
+                svc.call(req)
+            })
+        };
         let watcher = graceful.watcher();
+        let (settings, metrics) = (settings.clone(), metrics.clone());
         tokio::spawn(async move {
+            let _held = (slot, open);
+            let header_timeout = settings.header_read_timeout();
+            let io = WriteStall::new(io, settings.idle_write_timeout(), metrics.clone());
             let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder.http1().max_buf_size(HTTP1_MAX_BUF);
+            builder
+                .http1()
+                .max_buf_size(HTTP1_MAX_BUF)
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout);
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(settings.http2_keep_alive())
+                .keep_alive_timeout(settings.http2_keep_alive());
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            if let Err(err) = watcher.watch(conn).await {
-                tracing::error!("server connection error: {err:?}");
+            // hyper's header timeout runs once HTTP/1 is chosen; until then (the auto
+            // builder reading the first bytes, or an HTTP/2 preface) this one does.
+            let no_request = async {
+                let asked = tokio::time::timeout(header_timeout, asked.cancelled()).await;
+                asked.is_err()
+            };
+            tokio::select! {
+                served = watcher.watch(conn) => if let Err(err) = served {
+                    connection_error(&metrics, &*err);
+                },
+                true = no_request => metrics.connection_timed_out("header"),
             }
         });
     }
@@ -70,18 +119,121 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
     graceful.shutdown().await;
 }
 
-/// As warp (and hyper 0.14 before it): errors of one connection are skipped; anything else
-/// (out of file descriptors, most likely) pauses accepting for a second.
-async fn accept_error(e: std::io::Error) {
-    use std::io::ErrorKind::*;
-    if matches!(
-        e.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
-        return;
+/// One connection's failure: a header timeout is counted; none is worth more than a debug
+/// line (a client may cause any of them at will).
+fn connection_error(metrics: &Metrics, err: &(dyn std::error::Error + 'static)) {
+    let header_timeout = err
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_timeout);
+    if header_timeout {
+        metrics.connection_timed_out("header");
     }
-    tracing::error!("accept error: {e}");
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tracing::debug!("client connection closed: {err}");
+}
+
+/// Descriptors exhausted: accepting again at once would spin, so it pauses a second (what
+/// warp and hyper 0.14 did for every error). Any other error belongs to one connection.
+async fn accept_error(e: io::Error) {
+    match e.raw_os_error() {
+        Some(libc::EMFILE | libc::ENFILE) => {
+            tracing::error!("accept error: {e}; pausing for a second");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        _ => tracing::debug!("accept error: {e}"),
+    }
+}
+
+/// A client socket whose writes may wait at most `limit` for the client to take a byte: a
+/// write still pending after it fails (`TimedOut`), hyper closes the connection, and the
+/// response's body drops with it — its sidecar job cancelled, its limiter slot freed. hyper
+/// polls the write on every wake-up while data is queued, so the timer (registered with the
+/// same waker) is seen even when hyper has stopped polling the body.
+struct WriteStall {
+    io: TcpStream,
+    limit: Duration,
+    stalled: Option<Pin<Box<Sleep>>>,
+    metrics: Metrics,
+}
+
+impl WriteStall {
+    fn new(io: TcpStream, limit: Duration, metrics: Metrics) -> Self {
+        WriteStall {
+            io,
+            limit,
+            stalled: None,
+            metrics,
+        }
+    }
+
+    /// Progress clears the timer; `Pending` starts it (once) and checks it.
+    fn watch<T>(
+        &mut self,
+        polled: Poll<io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.stalled = None;
+            return polled;
+        }
+        let limit = self.limit;
+        let stall = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        if stall.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.metrics.connection_timed_out("idle_write");
+        // Counted once: the connection ends on this error.
+        self.stalled = None;
+        Poll::Ready(Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("the client took no byte for {} s", limit.as_secs()),
+        )))
+    }
+}
+
+impl AsyncRead for WriteStall {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for WriteStall {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(polled, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(polled, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
 }
 
 /// Paths whose requests belong to a tenant; everything else counts under `-`.
@@ -115,7 +267,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
     let resolve = warp::path!("v1" / "resolve")
         .and(warp::post())
         .and(warp::body::content_length_limit(resolve::MAX_BODY_BYTES))
-        .and(warp::body::bytes())
+        .and(body_within(app.server.resolve_body_timeout()))
         .and(request_parts())
         .and(with_app(app.clone()))
         .and_then(resolve::handle);
@@ -150,6 +302,37 @@ fn count_request(app: &App, path: &str, host: Option<&Authority>, reply: &warp::
     };
     let tenant = tenant.unwrap_or(metrics::NO_TENANT);
     app.metrics.request(tenant, reply.status().as_u16());
+}
+
+/// The whole body, refused with 408 unless it arrives within `limit` (a client trickling
+/// its declared bytes would hold the handler; the length is capped before this runs).
+fn body_within(limit: Duration) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
+    warp::body::stream().and_then(move |body| async move {
+        let collect = collect(body);
+        let refused = |error| {
+            warp::reject::custom(Problem {
+                error,
+                request_id: None,
+            })
+        };
+        match tokio::time::timeout(limit, collect).await {
+            Ok(Ok(all)) => Ok(all.freeze()),
+            Ok(Err(e)) => Err(refused(GatewayError::BadRequest(format!(
+                "reading the body: {e}"
+            )))),
+            Err(_) => Err(refused(GatewayError::BodyTimeout)),
+        }
+    })
+}
+
+async fn collect(
+    body: impl futures::Stream<Item = Result<impl Buf, warp::Error>>,
+) -> Result<BytesMut, warp::Error> {
+    body.try_fold(BytesMut::new(), |mut all, chunk| async move {
+        all.put(chunk);
+        Ok(all)
+    })
+    .await
 }
 
 fn with_app(app: Arc<App>) -> impl Filter<Extract = (Arc<App>,), Error = Infallible> + Clone {

@@ -5,6 +5,7 @@
 mod limits;
 mod plugins;
 mod secrets;
+mod server;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,6 +21,7 @@ pub use limits::{LimitsConfig, OnLimiterError, RedisUrl, TenantLimits};
 pub use plugins::EngineSettings;
 use secrets::resolve_map;
 pub use secrets::{ConfigValue, EnvRef, FileRef};
+pub use server::ServerConfig;
 
 /// Tenant id of the embedded default configuration.
 pub const DEFAULT_TENANT: &str = "default";
@@ -67,6 +69,9 @@ pub struct Config {
     /// Seconds running streams may take to finish after SIGTERM.
     #[serde(default = "default_drain_secs")]
     pub drain_secs: u64,
+    /// Timeouts and caps of the HTTP listener (`[server]`).
+    #[serde(default)]
+    pub server: ServerConfig,
     /// Where the sidecar is (`[sidecar]`).
     #[serde(default)]
     pub sidecar: SidecarConfig,
@@ -253,6 +258,7 @@ impl Config {
         Config {
             listen: default_listen(),
             drain_secs: default_drain_secs(),
+            server: ServerConfig::default(),
             sidecar: SidecarConfig::default(),
             default_tenant: Some(DEFAULT_TENANT.to_owned()),
             tenants: vec![TenantConfig {
@@ -316,6 +322,7 @@ impl Config {
                 "limits.slot_ttl_secs must be at least 3 (heartbeats every third)".into(),
             );
         }
+        self.server.validate()?;
         if self.sidecar.metadata_timeout_secs == 0 {
             return invalid("sidecar.metadata_timeout_secs must be at least 1".into());
         }

@@ -1,0 +1,270 @@
+//! Hostile clients against a real gateway (issue 13, `[server]`): a head sent by halves, a
+//! connection that says nothing, an HTTP/2 preface cut short, more connections than the cap,
+//! a resolve body that never ends, a client that stops reading. Timeouts are set short by
+//! config; every wait is bounded so a regression fails instead of hanging.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use streamgate_tests::gateway::*;
+use streamgate_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest any single wait may take before the test fails (far above every timeout set).
+const BOUND: Duration = Duration::from_secs(30);
+
+/// A config file with one tenant `main` that streams loopback fixtures, `[server]` set to
+/// `server` and `[sidecar]` to `sidecar`.
+fn config(dir: &Path, server: &str, sidecar: &str) -> PathBuf {
+    let key = streamgate::plugin::builtin::xchacha_generate_key();
+    let text = format!(
+        r#"
+default_tenant = "main"
+[server]
+{server}
+[sidecar]
+{sidecar}
+[[tenant]]
+id = "main"
+token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
+policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", allow_private = "true" }} }}
+egress = {LOOPBACK_EGRESS}
+"#
+    );
+    let path = dir.join("streamgate.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+async fn start(config: &Path) -> Gateway {
+    Gateway::start(GatewayOptions {
+        config: Some(config.to_owned()),
+        allow_private_urls: false,
+        ..GatewayOptions::default()
+    })
+    .await
+}
+
+fn link(gw: &Gateway, config: &Path, url: &str) -> String {
+    let config = config.display().to_string();
+    gw.stream_url(&mint(&["--config", &config, "--url", url, "--format", "b"]))
+}
+
+fn addr(gw: &Gateway) -> SocketAddr {
+    gw.url("").trim_start_matches("http://").parse().unwrap()
+}
+
+/// The value of the sample `name{labels}` (`labels` empty: no label set) in `/metrics`.
+async fn metric(gw: &Gateway, name: &str, labels: &str) -> Option<f64> {
+    let text = get(gw, "/metrics").await.ok()?.text().await.ok()?;
+    let series = match labels {
+        "" => format!("{name} "),
+        _ => format!("{name}{{{labels}}} "),
+    };
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// GET `path` on a connection that closes after the answer (an idle keep-alive connection
+/// would count as a header timeout here).
+async fn get(gw: &Gateway, path: &str) -> reqwest::Result<reqwest::Response> {
+    let client = reqwest::Client::new();
+    client
+        .get(gw.url(path))
+        .header("connection", "close")
+        .send()
+        .await
+}
+
+/// Waits until `/metrics` shows `name{labels}` at `want`; panics with the last value.
+async fn await_metric(gw: &Gateway, name: &str, labels: &str, want: f64) {
+    let deadline = tokio::time::Instant::now() + BOUND;
+    loop {
+        let got = metric(gw, name, labels).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{{{labels}}} is {got:?}, expected {want}\n{}",
+            gw.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Reads until the peer closes (EOF or reset); returns what it sent. Panics past [`BOUND`].
+async fn until_closed(conn: &mut TcpStream) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(BOUND, conn.read(&mut buf)).await {
+            Err(_) => panic!("still open after {BOUND:?}; got {got:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return got,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_and_silent_heads_are_closed_after_the_header_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "header_read_timeout_secs = 1", "");
+    let gw = start(&config).await;
+    let at = addr(&gw);
+    // Half a head (slowloris), nothing at all, and an HTTP/2 preface cut short: the last two
+    // never get past hyper's protocol detection, where its own header timeout does not run.
+    let mut half = TcpStream::connect(at).await.unwrap();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let mut silent = TcpStream::connect(at).await.unwrap();
+    let mut preface = TcpStream::connect(at).await.unwrap();
+    preface
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM")
+        .await
+        .unwrap();
+    // While they hang, a normal request is served.
+    assert_eq!(get(&gw, "/healthz").await.unwrap().status(), 200);
+    for (what, conn) in [
+        ("half head", &mut half),
+        ("silent", &mut silent),
+        ("h2 preface", &mut preface),
+    ] {
+        let got = until_closed(conn).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(
+            !text.contains(" 200 "),
+            "{what}: no response, only the close: {text}"
+        );
+    }
+    await_metric(
+        &gw,
+        "streamgate_connections_timed_out_total",
+        "kind=\"header\"",
+        3.0,
+    )
+    .await;
+    // A head sent whole on a fresh connection still works after that.
+    assert_eq!(get(&gw, "/healthz").await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn past_the_connection_cap_new_connections_close_while_streams_continue() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = "max_connections = 4\nheader_read_timeout_secs = 60";
+    let config = config(dir.path(), server, "");
+    let gw = start(&config).await;
+    let at = addr(&gw);
+    let stream = link(&gw, &config, &large_url());
+    // One running stream...
+    let mut running = TcpStream::connect(at).await.unwrap();
+    let path = &stream[stream.find("/stream").unwrap()..];
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    running.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0usize;
+    while received < 1 << 20 {
+        let n = tokio::time::timeout(BOUND, running.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream ended early\n{}", gw.logs());
+        received += n;
+    }
+    // ... and three idle connections fill the cap of four.
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(at).await.unwrap());
+    }
+    // Accepted in order: once the fifth is closed, the first four hold their slots.
+    let mut over = TcpStream::connect(at).await.unwrap();
+    over.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap_or(());
+    let got = until_closed(&mut over).await;
+    assert!(
+        got.is_empty(),
+        "over the cap: closed without an answer, got {got:?}"
+    );
+    // The running stream continues: another MiB arrives.
+    let mut more = 0usize;
+    while more < 1 << 20 {
+        let n = tokio::time::timeout(BOUND, running.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "stream cut by the cap\n{}", gw.logs());
+        more += n;
+    }
+    // Slots free as connections close: a new client is served, and the refusal is counted.
+    drop(idle);
+    await_metric(&gw, "streamgate_connections_refused_total", "", 1.0).await;
+    assert_eq!(get(&gw, "/healthz").await.unwrap().status(), 200);
+    drop(running);
+    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 0.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_loses_its_stream_and_frees_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    // One job at a time: the next client is served only once the stalled one's job is freed.
+    let config = config(dir.path(), "idle_write_timeout_secs = 2", "max_jobs = 1");
+    let gw = start(&config).await;
+    let stream = link(&gw, &config, &large_url());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    let mut stalled = socket.connect(addr(&gw)).await.unwrap();
+    let path = &stream[stream.find("/stream").unwrap()..];
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stalled.write_all(request.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 16 * 1024];
+    let n = tokio::time::timeout(BOUND, stalled.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 1.0).await;
+    // It reads nothing more: the gateway's writes stall, and after 2 s the stream is cut.
+    await_metric(
+        &gw,
+        "streamgate_connections_timed_out_total",
+        "kind=\"idle_write\"",
+        1.0,
+    )
+    .await;
+    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 0.0).await;
+    assert!(
+        wait_until(BOUND, || gw.logs().contains("client left; job cancelled")).await,
+        "{}",
+        gw.logs()
+    );
+    // What the client still finds is a cut body, then the close.
+    until_closed(&mut stalled).await;
+    // The one job slot is free again: a new client gets a whole file.
+    let url = link(&gw, &config, &server().url("progressive.mp4"));
+    let got = blocking(move || curl(&[], &url)).await;
+    assert_eq!(got.status, 200, "{}", gw.logs());
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    assert_eq!(sha256_hex(&got.body), file);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resolve_body_that_never_ends_gets_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "resolve_body_timeout_secs = 1", "");
+    let gw = start(&config).await;
+    let mut conn = TcpStream::connect(addr(&gw)).await.unwrap();
+    let head = "POST /v1/resolve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                Content-Length: 100\r\nConnection: close\r\n\r\n{\"url\":";
+    conn.write_all(head.as_bytes()).await.unwrap();
+    let got = until_closed(&mut conn).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(text.contains("\"code\":\"body_timeout\""), "{text}");
+}
