@@ -9,8 +9,9 @@
 //! - the targets, judged together with the `ttfb` section's after-resolve figure.
 //!
 //! The gateway is the run's, on its embedded default config: the sidecar's slots by cost
-//! (`--max-streams` 1024 streams, extractions queued for about one slot per core) hold 64
-//! stalled streams and a burst of 256.
+//! (`--max-streams` 1024 streams, extractions queued for four slots per core) hold 64
+//! stalled streams and a burst of 256. `pss` alone starts a gateway and an old service of
+//! its own, so that its idle baseline holds no heap left by the other sections.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -432,24 +433,97 @@ fn sample(pid: u32) -> TreePss {
     procs::tree_pss(pid, SIDECAR_COMM)
 }
 
+/// The servers the `pss` section measures, started for it alone: a gateway (own state dir,
+/// sidecar and pool) and an old service, both fresh. The run's own servers have served the
+/// other sections by then and their allocators keep that heap, so an idle baseline taken
+/// from them is inflated and the per-stream figure reads too low (74 KiB instead of 250).
+struct Fresh {
+    gateway: Option<Gateway>,
+    peer: Option<Peer>,
+}
+
+impl Fresh {
+    async fn start(ctx: &Ctx) -> anyhow::Result<Fresh> {
+        let a = &ctx.args;
+        let logs = ctx.work.join("logs");
+        let mut fresh = Fresh {
+            gateway: None,
+            peer: None,
+        };
+        if ctx.systems.gateway.is_some() {
+            let state = ctx.work.join("pss-gateway-state");
+            let _ = std::fs::remove_dir_all(&state);
+            let log = logs.join("pss-gateway.log");
+            let g = Gateway::start(&a.gateway, &state, None, &a.gateway_args, &log)
+                .await
+                .context("starting a fresh gateway for pss")?;
+            fresh.gateway = Some(g);
+        }
+        if let (Some(p), Some(dir)) = (&ctx.systems.peer, &a.peer_dir) {
+            let log = logs.join("pss-peer.log");
+            let peer = Peer::start(dir, &p.python, &log)
+                .await
+                .context("starting a fresh old service for pss")?;
+            fresh.peer = Some(peer);
+        }
+        // One unmeasured stream each, as the run's servers got (imports, plugin compilation,
+        // a pool worker's first job).
+        let url = ctx.small_url("pss-warmup");
+        let mut warm = Vec::new();
+        if let Some(g) = &fresh.gateway {
+            warm.push(g.stream_url(&g.mint(&url).await?));
+        }
+        if let Some(p) = &fresh.peer {
+            warm.extend(peer_links(p, std::slice::from_ref(&url)).await?);
+        }
+        for w in warm {
+            let o = client::get(&w, None, Duration::from_secs(120)).await;
+            if !o.ok(Some(ctx.small.size)) {
+                ctx.note(format!(
+                    "pss warm-up request failed: {}",
+                    o.describe_failure(Some(ctx.small.size))
+                ));
+            }
+        }
+        Ok(fresh)
+    }
+
+    async fn shutdown(self) {
+        if let Some(g) = self.gateway {
+            g.shutdown().await;
+        }
+        if let Some(p) = self.peer {
+            p.shutdown().await;
+        }
+    }
+}
+
 async fn pss(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
     let n = ctx.args.pss_streams;
-    let mut systems = Vec::new();
-    if ctx.systems.gateway.is_some() {
-        systems.push(Sys::Gateway);
-    }
-    if ctx.systems.peer.is_some() {
-        systems.push(Sys::Peer);
-    }
+    progress("pss: starting a fresh gateway and old service");
+    let fresh = Fresh::start(ctx).await?;
+    let measured = pss_of(ctx, &fresh, n, out).await;
+    fresh.shutdown().await;
+    measured
+}
+
+async fn pss_of(ctx: &Ctx, fresh: &Fresh, n: usize, out: &mut NativeResults) -> anyhow::Result<()> {
     let media: Vec<String> = (0..n).map(|i| ctx.big_url(&format!("pss={i}"))).collect();
     progress(format!("pss: minting {n} links"));
-    let prepared = prepare(ctx, &systems, &media).await?;
-    for &s in &systems {
-        let Some(pid) = pid_of(ctx, s) else {
-            continue;
-        };
+    let mut systems = Vec::new();
+    if let Some(g) = &fresh.gateway {
+        let links = gateway_tokens(g, &media)
+            .await?
+            .iter()
+            .map(|t| g.stream_url(t))
+            .collect();
+        systems.push((Sys::Gateway, g.pid(), Some(g.base.clone()), links));
+    }
+    if let Some(p) = &fresh.peer {
+        systems.push((Sys::Peer, p.pid(), None, peer_links(p, &media).await?));
+    }
+    for (s, pid, base, links) in systems {
         progress(format!("pss: {} with {n} stalled streams", s.name()));
-        let base = base_of(ctx, s);
         let before = match &base {
             Some(b) => Some(served_by(b).await),
             None => None,
@@ -465,8 +539,7 @@ async fn pss(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let tcp_idle = procfs::tcp_mem_kib();
-        let (bodies, first_err) =
-            sections::open_stalled(prepared[&s].clone(), Duration::from_secs(20)).await;
+        let (bodies, first_err) = sections::open_stalled(links, Duration::from_secs(20)).await;
         // Let every buffer on the way fill, then take the highest of 5 samples.
         tokio::time::sleep(Duration::from_secs(3)).await;
         let mut loaded: Option<TreePss> = None;

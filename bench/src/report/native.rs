@@ -32,13 +32,13 @@ pub fn render(ctx: &Ctx, res: &Results, n: &NativeResults) -> String {
         w,
         "Sections `pss`, `firstbyte`, `ceiling` (bench/src/native.rs) and the after-resolve figure of `ttfb`. \
          *gateway (defaults)* is the run's gateway on its embedded default config: its sidecar holds up to 1024 streams \
-         and runs extractions about one per core, the others queued in order (`--max-streams`, `--max-extractions`). \
+         and runs four extractions per core at once, the others queued in order (`--max-streams`, `--max-extractions`). \
          Ratios are taken within this one run.\n"
     );
     let _ = writeln!(w, "| parameter | value |\n|---|---|");
     let _ = writeln!(
         w,
-        "| PSS | {} streams of the big fixture opened together, each read for 1 MiB and then never again; PSS of every process of the tree from `/proc/PID/smaps_rollup`, idle (lowest of 3 samples) and 3 s after the last stream opened (highest of 5) |",
+        "| PSS | {} streams of the big fixture opened together, each read for 1 MiB and then never again; PSS of every process of the tree from `/proc/PID/smaps_rollup`, idle (lowest of 3 samples) and 3 s after the last stream opened (highest of 5); on a gateway and an old service started for this section (fresh processes, one unmeasured stream each), not the run's |",
         a.pss_streams
     );
     let _ = writeln!(
