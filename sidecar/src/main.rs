@@ -21,9 +21,11 @@ struct Args {
     /// costs memory and sockets only (well under 1 MiB), so the cap is large.
     #[arg(long, default_value_t = 1024)]
     max_streams: usize,
-    /// yt-dlp extractions running at once (default: the number of cores + 1). Each is a
-    /// Python worker busy on a CPU (≈45 ms with the warm pool): more at once than cores
-    /// only makes every one of them finish later; the others wait in the queue, in order.
+    /// yt-dlp extractions running at once (default: 4 × the number of cores). Each is a
+    /// Python worker (≈ 20 ms of CPU with the warm pool) that also waits for its page and
+    /// its fork: at cores + 1 the cores idled while a burst queued (32 streams on 2 cores:
+    /// first byte p50 0.29× the old service's at 3, 0.21× at 8, bench/results/
+    /// 2026-12-02-issue10-firstbyte.md); the others wait in the queue, in order.
     #[arg(long)]
     max_extractions: Option<usize>,
     /// yt-dlp downloads and ffmpeg merges running at once: the formats the sidecar does not
@@ -60,9 +62,10 @@ struct Args {
     /// No warm pool: spawn a fresh yt-dlp per job (slower first byte, ~0.5 s).
     #[arg(long)]
     no_pool: bool,
-    /// Idle pre-forked pool workers waiting for a job.
-    #[arg(long, default_value_t = 2)]
-    pool_idle: usize,
+    /// Idle pre-forked pool workers waiting for a job (default: --max-extractions, so that
+    /// a burst finds a worker per extraction slot instead of waiting for forks).
+    #[arg(long)]
+    pool_idle: Option<usize>,
     /// Seconds a resolve's info is reused by streams of the same URL; 0 disables.
     #[arg(long, default_value_t = 60.0)]
     cache_ttl: f64,
@@ -108,9 +111,11 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colours only on a terminal: the gateway's log file gets plain lines.
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_json {
         logs.json().init();
     } else {
@@ -120,7 +125,7 @@ async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
         tracing::debug!("no user namespace (network namespaces need root then): {e}");
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let max_extractions = args.max_extractions.unwrap_or(cores + 1);
+    let max_extractions = args.max_extractions.unwrap_or(4 * cores);
     for (flag, n) in [
         ("--max-streams", args.max_streams),
         ("--max-extractions", max_extractions),
@@ -150,7 +155,7 @@ async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
         pool_idle: if args.no_pool {
             0
         } else {
-            args.pool_idle.max(1)
+            args.pool_idle.unwrap_or(max_extractions).max(1)
         },
         cache: CacheLimits {
             ttl: secs("cache-ttl", args.cache_ttl)?,
