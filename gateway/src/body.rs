@@ -17,11 +17,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::Stream;
 use streamgate_protocol::{Frame, FrameCodec, JobError, ProtocolError};
+use tokio::time::Sleep;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -61,6 +62,9 @@ pub enum RelayError {
         /// Bytes the sidecar sent.
         sent: u64,
     },
+    /// The tenant's `limits.max_stream_secs` passed.
+    #[error("the stream reached its tenant's maximum duration ({} s)", .0.as_secs())]
+    MaxDuration(Duration),
     /// The drain deadline passed ([`Drain::abort_all`]).
     #[error("the server is shutting down and the drain deadline has passed")]
     ShuttingDown,
@@ -130,6 +134,8 @@ pub struct Held {
     pub drain: DrainGuard,
     /// Its metrics.
     pub metrics: StreamRecorder,
+    /// The tenant's `limits.max_stream_secs`, counted from the response's start.
+    pub max_duration: Option<Duration>,
 }
 
 /// The body of one media response.
@@ -140,6 +146,9 @@ pub struct MediaBody {
     sent: u64,
     started: Instant,
     done: bool,
+    /// Fires at [`Held::max_duration`]. Seen whenever hyper polls for data; a client that
+    /// stops reading is the server's idle-write timeout's.
+    deadline: Option<Pin<Box<Sleep>>>,
     held: Held,
 }
 
@@ -155,6 +164,7 @@ impl MediaBody {
             sent: 0,
             started: Instant::now(),
             done: false,
+            deadline: held.max_duration.map(|d| Box::pin(tokio::time::sleep(d))),
             held,
         }
     }
@@ -204,6 +214,13 @@ impl Stream for MediaBody {
         if this.held.drain.poll_aborted(cx) {
             send_cancel(&this.conn);
             return this.fail(RelayError::ShuttingDown);
+        }
+        if let Some(deadline) = &mut this.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            send_cancel(&this.conn);
+            let limit = this.held.max_duration.unwrap_or_default();
+            return this.fail(RelayError::MaxDuration(limit));
         }
         let frame = ready!(Pin::new(&mut this.conn).poll_next(cx));
         match frame {
@@ -342,6 +359,7 @@ mod tests {
             slot: StreamSlot::unlimited(),
             drain: Drain::default().guard(),
             metrics: crate::metrics::Metrics::new().stream("t"),
+            max_duration: None,
         };
         let mut body = MediaBody::new(conn, declared, held);
         let (mut got, mut largest, mut err) = (Vec::new(), 0, None);

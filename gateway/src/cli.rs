@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{Config, ConfigError};
 use crate::state;
@@ -20,6 +20,25 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+    /// Log lines as `text` (control characters escaped: client text cannot forge a line;
+    /// colours only on a terminal) or `json`; a spawned sidecar logs the same way.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "STREAMGATE_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
+}
+
+/// `--log-format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One escaped line per event.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The subcommands.

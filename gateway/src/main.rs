@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Parser;
 use streamgate::app::App;
-use streamgate::cli::{Cli, Command, MintArgs, ServeArgs, sidecar_next_to};
+use streamgate::cli::{Cli, Command, LogFormat, MintArgs, ServeArgs, sidecar_next_to};
 use streamgate::config::Config;
 use streamgate::plugin::{PluginEngine, StreamRequest, builtin};
 use streamgate::sidecar::{SidecarClient, Supervisor, SupervisorSettings};
@@ -22,9 +22,9 @@ const SIDECAR_STOP_GRACE: Duration = Duration::from_secs(5);
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let quiet = !matches!(cli.command, Command::Serve(_));
-    init_tracing(quiet);
+    init_tracing(quiet, cli.log_format);
     match cli.command {
-        Command::Serve(args) => serve(args).await,
+        Command::Serve(args) => serve(args, cli.log_format).await,
         Command::Mint(args) => mint(args).await,
         Command::Keygen => {
             println!("{}", builtin::xchacha_generate_key());
@@ -63,18 +63,52 @@ fn check_config(file: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Logs go to stderr (stdout is `mint`'s output); `RUST_LOG` overrides the level.
-fn init_tracing(quiet: bool) {
+fn init_tracing(quiet: bool, format: LogFormat) {
     let default = if quiet { "warn" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(|| OneLine(std::io::stderr()));
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().init(),
+    }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+/// Writes one formatted event (tracing-subscriber writes each in one call) with every
+/// control character but its final newline, tabs and the ESC of colours written as `\xNN`:
+/// text a client controls (a resolve body's field name in a parse error, a plugin's message)
+/// cannot start a forged line. tracing-subscriber already escapes ESC inside values.
+struct OneLine<W>(W);
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let (body, end): (&[u8], &[u8]) = match buf.strip_suffix(b"\n") {
+            Some(body) => (body, b"\n"),
+            None => (buf, b""),
+        };
+        let mut line = Vec::with_capacity(buf.len() + 16);
+        for &b in body {
+            match b {
+                b'\t' | 0x1b => line.push(b),
+                b if b < 0x20 || b == 0x7f => line.extend(format!("\\x{b:02x}").bytes()),
+                _ => line.push(b),
+            }
+        }
+        line.extend_from_slice(end);
+        self.0.write_all(&line)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     let args = Arc::new(args);
     let config = args.config()?;
     // The sidecar to connect to, and how to run it unless it runs on its own.
@@ -92,6 +126,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             }
             if let Some(n) = config.sidecar.max_jobs {
                 sidecar_args.extend(["--max-jobs".to_owned(), n.to_string()]);
+            }
+            if log_format == LogFormat::Json {
+                sidecar_args.push("--log-json".to_owned());
             }
             sidecar_args.extend(config.sidecar.args.iter().cloned());
             let settings = SupervisorSettings::new(binary, socket.clone(), sidecar_args);

@@ -101,6 +101,7 @@ async fn respond(
             slot,
             drain: app.drain.guard(),
             metrics: app.metrics.stream(&tenant.id),
+            max_duration: tenant.max_stream,
         };
         warp::reply::stream(MediaBody::new(conn, media.length, held)).into_response()
     };

@@ -25,6 +25,8 @@ pub struct Tenant {
     pub egress: EgressRules,
     /// Largest media a stream of this tenant relays (bytes).
     pub max_filesize: Option<u64>,
+    /// Longest a stream may last (`limits.max_stream_secs`).
+    pub max_stream: Option<Duration>,
 }
 
 /// Every tenant, indexed by host name, with an optional fallback for unknown hosts.
@@ -66,6 +68,7 @@ impl Tenants {
                 default_ttl: Duration::from_secs(t.default_ttl_secs),
                 egress,
                 max_filesize: t.max_filesize,
+                max_stream: t.limits.max_stream_secs.map(Duration::from_secs),
             }));
         }
         let fallback = config

@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 const BOUND: Duration = Duration::from_secs(30);
 
 /// A config file with one tenant `main` that streams loopback fixtures, `[server]` set to
-/// `server` and `[sidecar]` to `sidecar`.
-fn config(dir: &Path, server: &str, sidecar: &str) -> PathBuf {
+/// `server`, `[sidecar]` to `sidecar` and the tenant's `limits` to `limits`.
+fn config(dir: &Path, server: &str, sidecar: &str, limits: &str) -> PathBuf {
     let key = streamgate::plugin::builtin::xchacha_generate_key();
     let text = format!(
         r#"
@@ -31,6 +31,7 @@ id = "main"
 token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
 policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", allow_private = "true" }} }}
 egress = {LOOPBACK_EGRESS}
+limits = {{ {limits} }}
 "#
     );
     let path = dir.join("streamgate.toml");
@@ -112,7 +113,7 @@ async fn until_closed(conn: &mut TcpStream) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread")]
 async fn slow_and_silent_heads_are_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "header_read_timeout_secs = 1", "");
+    let config = config(dir.path(), "header_read_timeout_secs = 1", "", "");
     let gw = start(&config).await;
     let at = addr(&gw);
     // Half a head (slowloris), nothing at all, and an HTTP/2 preface cut short: the last two
@@ -156,7 +157,7 @@ async fn slow_and_silent_heads_are_closed_after_the_header_timeout() {
 async fn past_the_connection_cap_new_connections_close_while_streams_continue() {
     let dir = tempfile::tempdir().unwrap();
     let server = "max_connections = 4\nheader_read_timeout_secs = 60";
-    let config = config(dir.path(), server, "");
+    let config = config(dir.path(), server, "", "");
     let gw = start(&config).await;
     let at = addr(&gw);
     let stream = link(&gw, &config, &large_url());
@@ -202,7 +203,18 @@ async fn past_the_connection_cap_new_connections_close_while_streams_continue() 
     }
     // Slots free as connections close: a new client is served, and the refusal is counted.
     drop(idle);
-    await_metric(&gw, "streamgate_connections_refused_total", "", 1.0).await;
+    // Until the gateway has seen those closes, a new connection is refused too: each
+    // failed poll is one more refusal.
+    let mut failed = 0;
+    let refused = loop {
+        match metric(&gw, "streamgate_connections_refused_total", "").await {
+            Some(n) => break n,
+            None => failed += 1,
+        }
+        assert!(failed < 300, "never let in again\n{}", gw.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(refused, f64::from(1 + failed));
     assert_eq!(get(&gw, "/healthz").await.unwrap().status(), 200);
     drop(running);
     await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 0.0).await;
@@ -212,7 +224,12 @@ async fn past_the_connection_cap_new_connections_close_while_streams_continue() 
 async fn a_client_that_stops_reading_loses_its_stream_and_frees_its_job() {
     let dir = tempfile::tempdir().unwrap();
     // One job at a time: the next client is served only once the stalled one's job is freed.
-    let config = config(dir.path(), "idle_write_timeout_secs = 2", "max_jobs = 1");
+    let config = config(
+        dir.path(),
+        "idle_write_timeout_secs = 2",
+        "max_jobs = 1",
+        "",
+    );
     let gw = start(&config).await;
     let stream = link(&gw, &config, &large_url());
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
@@ -256,7 +273,7 @@ async fn a_client_that_stops_reading_loses_its_stream_and_frees_its_job() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_resolve_body_that_never_ends_gets_408() {
     let dir = tempfile::tempdir().unwrap();
-    let config = config(dir.path(), "resolve_body_timeout_secs = 1", "");
+    let config = config(dir.path(), "resolve_body_timeout_secs = 1", "", "");
     let gw = start(&config).await;
     let mut conn = TcpStream::connect(addr(&gw)).await.unwrap();
     let head = "POST /v1/resolve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
@@ -267,4 +284,95 @@ async fn a_resolve_body_that_never_ends_gets_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(text.contains("application/problem+json"), "{text}");
     assert!(text.contains("\"code\":\"body_timeout\""), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stream_past_its_tenants_maximum_duration_is_cut_and_its_job_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", "max_jobs = 1", "max_stream_secs = 2");
+    let gw = start(&config).await;
+    // A client reading steadily, slower than the file could be sent in 2 s.
+    let url = link(&gw, &config, &large_url());
+    let cut = blocking(move || curl(&["--limit-rate", "1M"], &url)).await;
+    assert_eq!(cut.status, 200);
+    assert_eq!(cut.exit, 18, "a cut body, never a complete one: {cut:?}");
+    assert!(
+        gw.logs()
+            .contains("the stream reached its tenant's maximum duration (2 s)"),
+        "{}",
+        gw.logs()
+    );
+    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 0.0).await;
+    // The job slot is free: a short stream is served whole.
+    let url = link(&gw, &config, &server().url("progressive.mp4"));
+    let got = blocking(move || curl(&[], &url)).await;
+    assert_eq!(got.status, 200, "{}", gw.logs());
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    assert_eq!(sha256_hex(&got.body), file);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_text_cannot_forge_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), "", "", "");
+    let gw = start(&config).await;
+    // serde's message repeats an unknown field's name as is: here, with a newline in it.
+    let body = r#"{"url":"http://a.test/","x\nINFO streamgate: forged line":1}"#;
+    let url = gw.url("/v1/resolve");
+    let refused = blocking(move || {
+        let json = "content-type: application/json";
+        curl(&["-X", "POST", "-H", json, "--data-binary", body], &url)
+    })
+    .await;
+    assert_problem(&refused, 400, "bad_request", "an unknown field");
+    assert!(
+        wait_until(BOUND, || gw
+            .logs()
+            .contains("x\\x0aINFO streamgate: forged line"))
+        .await,
+        "the newline is escaped in its line:\n{}",
+        gw.logs()
+    );
+    let forged = gw
+        .logs()
+        .lines()
+        .filter(|l| l.starts_with("INFO streamgate: forged"))
+        .count();
+    assert_eq!(forged, 0, "{}", gw.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn json_logs_are_one_format_for_gateway_and_sidecar() {
+    use streamgate_testkit::serve::Serve;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gateway.log");
+    let serve = Serve {
+        listen: "127.0.0.1:0".into(),
+        state_dir: dir.path().join("state"),
+        allow_private_urls: true,
+        yt_dlp: Some(yt_dlp()),
+        extra: vec!["--log-format".into(), "json".into()],
+        ..Serve::default()
+    };
+    release_bin("streamgate-sidecar");
+    let mut cmd = serve.command(&release_bin("streamgate"));
+    cmd.env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let _gw = ChildGuard::spawn(cmd, "streamgate").unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Both binaries have logged: the gateway listens, the sidecar names its socket.
+    let both = || read().contains("listening on http://") && read().contains("streamgate_sidecar");
+    assert!(wait_until(BOUND, both).await, "{}", read());
+    let text = read();
+    for line in text.lines() {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {line:?}"));
+        assert!(
+            event["level"].is_string() && event["target"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(!text.contains('\x1b'), "no colour codes in a file");
 }

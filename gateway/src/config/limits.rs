@@ -16,6 +16,9 @@ pub struct TenantLimits {
     pub resolves_per_minute: Option<u32>,
     /// The same per client address (IP), so one client cannot spend the tenant's budget.
     pub resolves_per_minute_per_client: Option<u32>,
+    /// Seconds one stream may last; then its response is cut and its job cancelled, so a
+    /// client reading slowly forever cannot keep a job slot forever.
+    pub max_stream_secs: Option<u64>,
 }
 
 /// The top-level `[limits]` table: where counters live and what a backend failure means.

@@ -306,6 +306,11 @@ impl Config {
                     ));
                 }
             }
+            if t.limits.max_stream_secs == Some(0) {
+                return invalid(format!(
+                    "tenant[{i}].limits.max_stream_secs must be at least 1"
+                ));
+            }
             if t.max_filesize == Some(0) {
                 return invalid(format!("tenant[{i}].max_filesize must be at least 1"));
             }
