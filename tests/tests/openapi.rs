@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use base64::Engine as _;
+use futures::StreamExt as _;
 use reqwest::Method;
 use serde_json::{Value, json};
 use streamgate_tests::gateway::*;
@@ -52,6 +53,9 @@ fn write_config(dir: &Path) -> PathBuf {
     let (header, secret) = MAIN_KEY;
     let text = format!(
         r#"
+[server]
+resolve_body_timeout_secs = 1
+
 [[tenant]]
 id = "main"
 hosts = ["127.0.0.1"]
@@ -548,6 +552,19 @@ async fn every_route_answers_as_the_document_says() {
             .header("content-type", "application/json")
             .body(reqwest::Body::wrap_stream(chunked))
             .problem("length_required"),
+    )
+    .await;
+
+    // A body that stops half-way: answered once the body timeout passes.
+    let half = futures::stream::iter([Ok::<_, std::io::Error>(r#"{"url":"#.to_owned())])
+        .chain(futures::stream::pending());
+    rec.send(
+        Ask::new("resolve, a body that stops", M::POST, "/v1/resolve", 408)
+            .keyed()
+            .header("content-type", "application/json")
+            .header("content-length", "100")
+            .body(reqwest::Body::wrap_stream(half))
+            .problem("body_timeout"),
     )
     .await;
 
