@@ -339,3 +339,66 @@ async fn a_stream_after_a_resolve_is_reviewed_from_its_cached_extraction() {
     let logs = gw.logs();
     assert_eq!(logs.matches("media review").count(), 2, "{logs}");
 }
+
+/// The protocol underneath, on a sidecar of its own: a `review` job sends `facts` after the
+/// extraction and opens nothing until `proceed`; `cancel` ends it unopened; no answer ends
+/// it with `timeout` after the stall timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sidecar_waits_for_proceed_before_opening_anything() {
+    use streamgate_protocol::{Frame, StreamJob, kind};
+    let sc = Sidecar::start(SidecarOptions {
+        stall_timeout: Some(3.0),
+        ..SidecarOptions::default()
+    })
+    .await;
+    let server = own_server(|_| Vec::new());
+    let url = server.url("hls/index.m3u8");
+    let job = || {
+        Frame::Stream(StreamJob {
+            url: url.clone(),
+            format: "b".into(),
+            egress: loopback_egress(),
+            review: true,
+            ..StreamJob::default()
+        })
+    };
+    let facts = |frame: Option<Result<Frame, _>>| match frame {
+        Some(Ok(Frame::Facts(facts))) => facts,
+        other => panic!("facts expected, got {other:?}\n{}", sc.logs()),
+    };
+
+    // cancel: the job ends, no segment fetched.
+    let mut client = Client::connect(sc.socket()).await.unwrap();
+    client.send(job()).await.unwrap();
+    let first = facts(client.next().await);
+    assert_eq!((first.duration, first.is_live), (Some(10.0), false));
+    assert_eq!(first.extractor.as_deref(), Some("Generic"));
+    let format = &first.formats[..];
+    assert_eq!(format.len(), 1, "{first:?}");
+    assert_eq!(format[0].protocol.as_deref(), Some("m3u8_native"));
+    client.send(Frame::Cancel).await.unwrap();
+    assert!(
+        client.collect(SLOW).await.kinds.is_empty(),
+        "nothing after a cancel"
+    );
+
+    // no answer: `timeout` after the stall timeout, still nothing fetched.
+    let mut client = Client::connect(sc.socket()).await.unwrap();
+    client.send(job()).await.unwrap();
+    facts(client.next().await);
+    let silent = client.collect(SLOW).await;
+    assert_eq!(silent.error_code(), "timeout", "{silent:?}");
+    assert_eq!(segment_gets(&server), 0, "{:?}", server.all_hits());
+
+    // proceed: metadata, the media (as yt-dlp downloads it), end.
+    let mut client = Client::connect(sc.socket()).await.unwrap();
+    client.send(job()).await.unwrap();
+    facts(client.next().await);
+    client.send(Frame::Proceed).await.unwrap();
+    let t = client.collect(SLOW).await;
+    t.assert_complete(&sc.logs(), "ts", "video/mp2t");
+    assert_eq!(t.kinds.first(), Some(&kind::METADATA));
+    let u = url.clone();
+    let direct = sha256_hex(&blocking(move || direct_ytdlp(&u, "b", &[])).await);
+    assert_eq!(sha256_hex(&t.data), direct);
+}
