@@ -27,9 +27,10 @@ struct RawInfo {
     entries: Vec<RawInfo>,
 }
 
+/// One format of yt-dlp's info, as a resolve's table and a review's facts both read it.
 #[derive(Deserialize)]
-struct RawFormat {
-    format_id: Option<String>,
+pub(crate) struct RawFormat {
+    pub format_id: Option<String>,
     ext: Option<String>,
     resolution: Option<String>,
     vcodec: Option<String>,
@@ -37,6 +38,25 @@ struct RawFormat {
     filesize: Option<f64>,
     filesize_approx: Option<f64>,
     protocol: Option<String>,
+}
+
+impl RawFormat {
+    /// The format for the client: its size is the exact one, else yt-dlp's estimate.
+    pub(crate) fn info(self) -> FormatInfo {
+        FormatInfo {
+            id: self.format_id.unwrap_or_default(),
+            ext: self.ext,
+            resolution: self.resolution,
+            vcodec: self.vcodec,
+            acodec: self.acodec,
+            size: self
+                .filesize
+                .or(self.filesize_approx)
+                .filter(|s| *s >= 0.0)
+                .map(|s| s as u64),
+            protocol: self.protocol,
+        }
+    }
 }
 
 /// What a resolve asks for.
@@ -122,21 +142,8 @@ fn trim(raw: RawInfo) -> MediaInfo {
     let formats = raw
         .formats
         .into_iter()
-        .filter_map(|f| {
-            Some(FormatInfo {
-                id: f.format_id?,
-                ext: f.ext,
-                resolution: f.resolution,
-                vcodec: f.vcodec,
-                acodec: f.acodec,
-                size: f
-                    .filesize
-                    .or(f.filesize_approx)
-                    .filter(|s| *s >= 0.0)
-                    .map(|s| s as u64),
-                protocol: f.protocol,
-            })
-        })
+        .filter(|f| f.format_id.is_some())
+        .map(RawFormat::info)
         .take(MAX_FORMATS)
         .collect();
     MediaInfo {

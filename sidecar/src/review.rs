@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
-use streamgate_protocol::{ErrorCode, FormatInfo, Frame, JobError, MediaFacts};
+use streamgate_protocol::{ErrorCode, Frame, JobError, MediaFacts};
 
 use crate::conn::{Rx, Shared, Tx};
 use crate::extract::Stopped;
 use crate::job::Peer;
+use crate::resolve::RawFormat;
 
 /// yt-dlp's info JSON (`-J -f`, or a resolve's `-J`): the facts a policy reviews.
 #[derive(Deserialize)]
@@ -33,36 +34,6 @@ struct RawFacts {
     /// A page with several videos: the first is the one streamed.
     #[serde(default)]
     entries: Vec<RawFacts>,
-}
-
-#[derive(Deserialize)]
-struct RawFormat {
-    format_id: Option<String>,
-    ext: Option<String>,
-    resolution: Option<String>,
-    vcodec: Option<String>,
-    acodec: Option<String>,
-    filesize: Option<f64>,
-    filesize_approx: Option<f64>,
-    protocol: Option<String>,
-}
-
-impl RawFormat {
-    fn info(self) -> FormatInfo {
-        FormatInfo {
-            id: self.format_id.unwrap_or_default(),
-            ext: self.ext,
-            resolution: self.resolution,
-            vcodec: self.vcodec,
-            acodec: self.acodec,
-            size: self
-                .filesize
-                .or(self.filesize_approx)
-                .filter(|s| *s >= 0.0)
-                .map(|s| s as u64),
-            protocol: self.protocol,
-        }
-    }
 }
 
 /// The facts of the extraction `json` a stream is about to open. `picked` is the
