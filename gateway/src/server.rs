@@ -283,11 +283,26 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and(host())
         .and(all.recover(recover).unify())
         .map(
-            move |path: warp::path::FullPath, host: Option<Authority>, reply| {
+            move |path: warp::path::FullPath, host: Option<Authority>, mut reply| {
+                name_allowed_methods(path.as_str(), &mut reply);
                 count_request(&counted, path.as_str(), host.as_ref(), &reply);
                 reply
             },
         )
+}
+
+/// RFC 9110 §15.5.6: a 405 must name the methods the resource takes (`Allow`); `recover`
+/// sees the rejection, not the path, so it is added here.
+fn name_allowed_methods(path: &str, reply: &mut warp::reply::Response) {
+    if reply.status() != warp::http::StatusCode::METHOD_NOT_ALLOWED {
+        return;
+    }
+    let methods = match path {
+        "/v1/resolve" => "POST",
+        _ => "GET, HEAD",
+    };
+    let value = warp::http::HeaderValue::from_static(methods);
+    reply.headers_mut().insert(warp::http::header::ALLOW, value);
 }
 
 /// `http_requests_total`, labelled with the tenant the host resolves to (bounded by the

@@ -365,7 +365,13 @@ async fn requests_are_refused_with_client_errors() {
     let resp = get(app, "a.example", "/nowhere").await;
     problem(&resp, 404, "route_not_found");
     let put = warp::test::request().method("PUT").path("/stream?data=x");
-    problem(&send(app, put).await, 405, "method_not_allowed");
+    let resp = send(app, put).await;
+    problem(&resp, 405, "method_not_allowed");
+    assert_eq!(resp.headers()["allow"], "GET, HEAD");
+    let get_resolve = warp::test::request().method("GET").path("/v1/resolve");
+    let resp = send(app, get_resolve).await;
+    problem(&resp, 405, "method_not_allowed");
+    assert_eq!(resp.headers()["allow"], "POST");
 }
 
 #[tokio::test]
