@@ -396,11 +396,24 @@ pub fn silent_server() -> (std::net::TcpListener, String) {
 
 /// A token that expired an hour ago, sealed with the gateway's own key by the real plugin.
 pub async fn seal_expired(gw: &Gateway, url: &str) -> String {
-    use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest};
     let config = streamgate::state::embedded_config(gw.state_dir(), true).unwrap();
+    seal_expired_for(&config, None, url).await
+}
+
+/// A token for `tenant` of `config` (its default tenant when `None`) that expired an hour
+/// ago, sealed by that tenant's own token plugin.
+pub async fn seal_expired_for(
+    config: &streamgate::config::Config,
+    tenant: Option<&str>,
+    url: &str,
+) -> String {
+    use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest};
     let engine = PluginEngine::new(EngineSettings::default()).unwrap();
-    let tenants = streamgate::tenant::Tenants::build(&engine, &config).unwrap();
-    let tenant = tenants.default_tenant();
+    let tenants = streamgate::tenant::Tenants::build(&engine, config).unwrap();
+    let tenant = match tenant {
+        Some(id) => tenants.get(id).unwrap(),
+        None => tenants.default_tenant(),
+    };
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();

@@ -84,25 +84,6 @@ limits = {{ max_streams = 0, resolves_per_minute = 0 }}
     path
 }
 
-/// A link for `tenant` that expired an hour ago, sealed by the tenant's own plugin.
-async fn expired_token(config: &Path, tenant: &str, url: &str) -> String {
-    use streamgate::plugin::{EngineSettings, PluginEngine, StreamRequest};
-    let config = streamgate::config::Config::load(config).unwrap();
-    let engine = PluginEngine::new(EngineSettings::default()).unwrap();
-    let tenants = streamgate::tenant::Tenants::build(&engine, &config).unwrap();
-    let tenant = tenants.get(tenant).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap();
-    let req = StreamRequest {
-        url: url.to_owned(),
-        format: "b".into(),
-        filename: None,
-        expires_at: Some(now.as_secs() - 3600),
-    };
-    tenant.token.seal(&tenant.id, &req).await.unwrap().unwrap()
-}
-
 /// One request of the script.
 struct Ask<'a> {
     name: &'a str,
@@ -292,7 +273,8 @@ async fn every_route_answers_as_the_document_says() {
     let two_formats = mint_for("main", &media, "18,22");
     let no_format = mint_for("main", &media, "999");
     let missing = mint_for("main", &origin.url("/missing.mp4"), "b");
-    let expired = expired_token(&config, "main", &media).await;
+    let loaded = streamgate::config::Config::load(&config).unwrap();
+    let expired = seal_expired_for(&loaded, Some("main"), &media).await;
     let mut tampered = main.clone().into_bytes();
     let last = tampered.len() - 1;
     tampered[last] = if tampered[last] == b'A' { b'B' } else { b'A' };
