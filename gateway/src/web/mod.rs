@@ -135,8 +135,11 @@ fn respond(request: &HeaderMap, content_type: &str, body: Bytes) -> warp::reply:
         false => warp::reply::Response::new(body.into()),
     };
     let h = resp.headers_mut();
-    let content_type = HeaderValue::from_str(content_type).expect("static");
-    h.insert(header::CONTENT_TYPE, content_type);
+    // RFC 9110 §15.4.5: a 304 carries the validators, not the representation's metadata.
+    if !fresh {
+        let content_type = HeaderValue::from_str(content_type).expect("static");
+        h.insert(header::CONTENT_TYPE, content_type);
+    }
     h.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex"));
     // Revalidated on every use: a new binary (or tenant setting) shows at once.
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -174,6 +177,8 @@ mod tests {
         let again = respond(&req, "text/html", Bytes::from_static(body));
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(again.headers()[header::ETAG], tag);
+        assert!(!again.headers().contains_key(header::CONTENT_TYPE));
+        assert_eq!(first.headers()[header::CONTENT_TYPE], "text/html");
         let changed = respond(&req, "text/html", Bytes::from_static(b"<p>y</p>"));
         assert_eq!(changed.status(), StatusCode::OK);
     }
