@@ -1,6 +1,7 @@
 //! `[plugins]`: the limits every plugin call runs under, one set per plugin engine. Read at
 //! start; a reload that changes them asks for a restart (the instance pool is sized once).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
@@ -20,6 +21,9 @@ pub struct EngineSettings {
     pub max_instances: u32,
     /// Bytes of plugin output (stdout, stderr, `log`) kept per call and stream (default 16 KiB).
     pub log_cap_bytes: usize,
+    /// Where compiled components are kept between starts (`cache_dir`; default
+    /// `$XDG_CACHE_HOME/streamgate/plugins`, else `~/.cache/streamgate/plugins`; `""`: none).
+    pub cache_dir: Option<PathBuf>,
 }
 
 impl Default for EngineSettings {
@@ -29,6 +33,7 @@ impl Default for EngineSettings {
             memory_limit: 16 << 20,
             max_instances: 32,
             log_cap_bytes: 16 << 10,
+            cache_dir: None,
         }
     }
 }

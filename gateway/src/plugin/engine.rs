@@ -17,6 +17,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use wasmtime_wasi::WasiCtx;
 
 use super::bindings;
+use super::cache::{self, ComponentCache};
 use super::host::{CappedPipe, HostState, MemoryLimiter};
 use super::policy::PolicyWorld;
 use super::{EngineSettings, PluginError, PolicyPlugin, TokenPlugin};
@@ -46,6 +47,8 @@ struct EngineInner {
     /// Linked components by content: many tenants load the same built-in plugin, and each
     /// distinct component is compiled only once.
     compiled: Mutex<HashMap<u64, Vec<Compiled>>>,
+    /// Compiled components kept on disk between starts (`[plugins] cache_dir`).
+    cache: Option<ComponentCache>,
 }
 
 /// A component's bytes and its linked, pre-instantiated form.
@@ -83,6 +86,13 @@ impl PluginEngine {
         bindings::v2::MediaPolicyPlugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)
             .map_err(engine_err)?;
 
+        let cache = settings
+            .cache_dir
+            .clone()
+            .or_else(cache::default_dir)
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .and_then(|dir| ComponentCache::open(&dir, &engine));
+
         let weak = engine.weak();
         std::thread::Builder::new()
             .name("plugin-epoch".into())
@@ -104,6 +114,7 @@ impl PluginEngine {
                 deadline_ticks: deadline_ticks(settings.deadline),
                 permits: Semaphore::new(n as usize),
                 compiled: Mutex::default(),
+                cache,
                 settings,
             }),
         })
@@ -163,11 +174,17 @@ impl PluginEngine {
             return Ok(pre.clone());
         }
         // Compiled outside the lock: it takes a while, and two racing loads are harmless.
-        let component =
-            Component::new(&self.inner.engine, wasm).map_err(|e| PluginError::Compile {
-                plugin: name.to_string(),
-                message: format!("{e:#}"),
-            })?;
+        let started = std::time::Instant::now();
+        let engine = &self.inner.engine;
+        let (component, source) = match &self.inner.cache {
+            Some(cache) => cache.load_or_compile(engine, wasm),
+            None => Component::new(engine, wasm).map(|c| (c, cache::Source::Compiled)),
+        }
+        .map_err(|e| PluginError::Compile {
+            plugin: name.to_string(),
+            message: format!("{e:#}"),
+        })?;
+        tracing::info!(plugin = name, ?source, took = ?started.elapsed(), "plugin component ready");
         let pre = self
             .inner
             .linker

@@ -9,6 +9,7 @@
 
 mod bindings;
 pub mod builtin;
+mod cache;
 mod engine;
 mod host;
 mod policy;

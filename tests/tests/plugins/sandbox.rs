@@ -97,6 +97,7 @@ async fn settings_are_honoured() {
         memory_limit: 4 << 20,
         max_instances: 2,
         log_cap_bytes: 1024,
+        ..EngineSettings::default()
     })
     .unwrap();
     let plugin = misbehave(&engine);
