@@ -50,6 +50,8 @@ pub struct Gateway {
     // Declared first: stopped before the temp dir goes away.
     child: ChildGuard,
     base: String,
+    /// Base URL of the admin listener (`/metrics`, the detailed `/readyz`).
+    admin: String,
     state_dir: PathBuf,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -106,12 +108,14 @@ impl Gateway {
         let mut gw = Gateway {
             child,
             base: String::new(),
+            admin: String::new(),
             state_dir,
             log,
             _dir: dir,
         };
         // Generous: `scripts/run` may have to build first.
         gw.base = gw.wait_listening(Duration::from_secs(600)).await;
+        gw.admin = gw.base.clone();
         assert!(
             gw.wait_ready(Duration::from_secs(60)).await,
             "not ready:\n{}",
@@ -161,6 +165,43 @@ impl Gateway {
     /// `http://127.0.0.1:PORT` + `path`.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// `http://127.0.0.1:PORT` of the admin listener + `path`: where `/metrics` and the
+    /// detailed `/readyz` are served.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("{}{path}", self.admin)
+    }
+
+    /// The `/metrics` text, read from the admin listener on a connection closed after the
+    /// answer (an idle keep-alive connection would count against the header timeout).
+    /// Panics if it cannot be read.
+    pub async fn metrics_text(&self) -> String {
+        admin_get(&self.admin_url("/metrics"))
+            .await
+            .unwrap_or_else(|e| panic!("GET /metrics: {e}\n{}", self.logs()))
+    }
+
+    /// The value of the sample `name{labels}` (`labels` empty: the sample with no label set)
+    /// in `/metrics`; `None` when absent.
+    pub async fn metric(&self, name: &str, labels: &str) -> Option<f64> {
+        let series = match labels {
+            "" => format!("{name} "),
+            _ => format!("{name}{{{labels}}} "),
+        };
+        let text = self.metrics_text().await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The detailed readiness (`/readyz` on the admin listener) as JSON, whatever its status.
+    /// Panics if it cannot be read or is not JSON.
+    pub async fn readiness(&self) -> serde_json::Value {
+        let text = admin_get(&self.admin_url("/readyz"))
+            .await
+            .unwrap_or_else(|e| panic!("GET /readyz: {e}\n{}", self.logs()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("/readyz: {e}: {text}"))
     }
 
     /// `/stream?data=TOKEN`.
@@ -232,6 +273,13 @@ impl Drop for Gateway {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// GET `url` on a connection closed after the answer; the body as text.
+async fn admin_get(url: &str) -> reqwest::Result<String> {
+    let client = reqwest::Client::new();
+    let resp = client.get(url).header("connection", "close").send().await?;
+    resp.text().await
 }
 
 /// Runs `streamgate mint ARGS` and returns its one line of output.

@@ -543,7 +543,7 @@ async fn kubernetes_pod_runs_as_two_processes_sharing_the_socket_volume() {
     );
     assert!(!work_dir.join("job-left").exists());
 
-    let ready: Value = serde_json::from_slice(&curl(&[], &gw.url("/readyz")).body).unwrap();
+    let ready = gw.readiness().await;
     assert_eq!(
         ready["egress"], "proxy",
         "--no-netns, as the manifest says: {ready}"
@@ -778,7 +778,7 @@ async fn systemd_units_run_together_in_netns_mode() {
     })
     .await;
 
-    let ready: Value = serde_json::from_slice(&curl(&[], &gw.url("/readyz")).body).unwrap();
+    let ready = gw.readiness().await;
     assert_eq!(ready["egress"], "netns", "--require-netns: {ready}");
     let body = r#"{"url":"http://198.51.100.7:8080/clip.mp4"}"#;
     let key_header = format!("x-api-key: {api_key}");

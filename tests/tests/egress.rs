@@ -209,8 +209,7 @@ async fn gateway(mode: Mode) -> Gateway {
         ..GatewayOptions::default()
     })
     .await;
-    let ready = reqwest::get(gw.url("/readyz")).await.unwrap();
-    let ready: Value = serde_json::from_slice(&ready.bytes().await.unwrap()).unwrap();
+    let ready = gw.readiness().await;
     assert_eq!(
         ready["egress"],
         mode.name(),
@@ -749,8 +748,7 @@ fn jobs_that_ignore_the_proxy_cannot_connect_in_netns_mode() {
             );
             let world = World::start();
             let gw = gateway(Mode::Netns).await;
-            let ready = reqwest::get(gw.url("/readyz")).await.unwrap();
-            let ready: Value = serde_json::from_slice(&ready.bytes().await.unwrap()).unwrap();
+            let ready = gw.readiness().await;
             assert_eq!(
                 ready["egress"],
                 "netns",
@@ -831,8 +829,7 @@ fn jobs_that_ignore_the_proxy_can_connect_in_proxy_mode() {
         async {
             let world = World::start();
             let gw = gateway(Mode::Proxy).await;
-            let ready = reqwest::get(gw.url("/readyz")).await.unwrap();
-            let ready: Value = serde_json::from_slice(&ready.bytes().await.unwrap()).unwrap();
+            let ready = gw.readiness().await;
             assert_eq!(ready["egress"], "proxy", "{ready}");
             drop(gw);
 

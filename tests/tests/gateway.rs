@@ -185,8 +185,7 @@ async fn post_resolve(gw: &Gateway, body: String) -> CurlResult {
 
 /// Samples of `name` in `/metrics`, e.g. the calls of one plugin.
 async fn metric_lines(gw: &Gateway, prefix: &str) -> Vec<String> {
-    let text = reqwest::get(gw.url("/metrics")).await.unwrap().text().await;
-    let text = text.unwrap();
+    let text = gw.metrics_text().await;
     text.lines()
         .filter(|l| l.starts_with(prefix))
         .map(str::to_owned)
@@ -239,8 +238,7 @@ async fn bad_urls_and_formats_are_refused_before_the_policy_and_any_fetch() {
     assert_eq!(r.status, 200, "{r:?}\n{}", gw.logs());
     assert!(origin.hits(file) > 0);
     assert_eq!(metric_lines(&gw, policy).await, [format!("{policy} 1")]);
-    let ready = reqwest::get(gw.url("/readyz")).await.unwrap().bytes().await;
-    let ready: serde_json::Value = serde_json::from_slice(&ready.unwrap()).unwrap();
+    let ready = gw.readiness().await;
     let egress = ready["egress"].as_str().unwrap_or_default();
     assert!(["netns", "proxy"].contains(&egress), "{ready}");
 }

@@ -59,7 +59,11 @@ fn addr(gw: &Gateway) -> SocketAddr {
 
 /// The value of the sample `name{labels}` (`labels` empty: no label set) in `/metrics`.
 async fn metric(gw: &Gateway, name: &str, labels: &str) -> Option<f64> {
-    let text = get(gw, "/metrics").await.ok()?.text().await.ok()?;
+    let client = reqwest::Client::new();
+    let resp = client
+        .get(gw.admin_url("/metrics"))
+        .header("connection", "close");
+    let text = resp.send().await.ok()?.text().await.ok()?;
     let series = match labels {
         "" => format!("{name} "),
         _ => format!("{name}{{{labels}}} "),

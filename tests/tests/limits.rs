@@ -218,9 +218,9 @@ async fn resolves_per_client(global: &str) {
         }
     }
     assert_eq!(statuses, [200, 200, 429, 200], "{}", gw.logs());
-    let metrics = reqwest::get(gw.url("/metrics")).await.unwrap().text().await;
+    let metrics = gw.metrics_text().await;
     let line = "streamgate_limiter_rejections_total{tenant=\"a\",limit=\"resolves_per_minute_per_client\"} 1";
-    assert!(metrics.unwrap().lines().any(|l| l == line), "{line}");
+    assert!(metrics.lines().any(|l| l == line), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -376,12 +376,7 @@ async fn redis_down_follows_on_limiter_error() {
             assert_eq!((r.exit, r.status), (0, 200), "allow: {r:?}");
             assert_eq!(r.body.len() as u64, whole);
         }
-        let text = reqwest::get(gw.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = gw.metrics_text().await;
         let line = format!("streamgate_limiter_errors_total{{decision=\"{on_error}\"}} 1");
         assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         let logs = gw.logs();

@@ -83,7 +83,7 @@ async fn metrics_match_a_scripted_sequence_exactly() {
     let http = reqwest::Client::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let text = loop {
-        let resp = http.get(gw.url("/metrics")).send().await.unwrap();
+        let resp = http.get(gw.admin_url("/metrics")).send().await.unwrap();
         let kind = resp.headers()["content-type"].to_str().unwrap().to_owned();
         assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
         let text = resp.text().await.unwrap();
