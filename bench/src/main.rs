@@ -1,6 +1,7 @@
 //! `streamgate-bench`: streamgate, the old service (seed-fastapi) and direct `yt-dlp -o -`
 //! measured side by side in one run; writes `bench/results/<date>.md`. See bench/README.md.
-//! Normally run through `scripts/bench [PEER_DIR]`.
+//! Normally run through `scripts/bench [PEER_DIR]`; `streamgate-bench soak …` is the soak
+//! (`scripts/soak`, issue 13).
 
 mod client;
 mod fixtures;
@@ -8,6 +9,7 @@ mod native;
 mod procs;
 mod report;
 mod sections;
+mod soak;
 mod stats;
 mod systems;
 
@@ -184,6 +186,11 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    let mut argv = std::env::args();
+    if std::env::args().nth(1).as_deref() == Some("soak") {
+        let bin = argv.next().unwrap_or_default();
+        return rt.block_on(soak::main(std::iter::once(bin).chain(argv.skip(1))));
+    }
     rt.block_on(run())
 }
 

@@ -117,6 +117,12 @@ pub fn pss_kib(pid: u32) -> Option<u64> {
         .and_then(|r| r.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// Open file descriptors of one process (entries of `/proc/PID/fd`): sockets, pipes and
+/// files alike, the count a leak of any of them grows. None when the folder cannot be read.
+pub fn fd_count(pid: u32) -> Option<usize> {
+    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
+}
+
 /// CPU seconds of one process from `/proc/PID/stat`: (its own user + system time, the time
 /// of its children it has waited for).
 pub fn cpu_secs(pid: u32) -> Option<(f64, f64)> {
@@ -187,5 +193,7 @@ mod tests {
         assert!(whole.iter().any(|p| p.pid == pid), "{whole:?}");
         assert!(rss.is_some_and(|kib| kib > 0));
         assert!(pss_kib(std::process::id()).is_some_and(|kib| kib > 0));
+        // stdin, stdout, stderr at least.
+        assert!(fd_count(std::process::id()).is_some_and(|n| n >= 3));
     }
 }
