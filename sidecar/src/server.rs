@@ -31,6 +31,9 @@ use crate::{Cache, Config, Error, Netns, resolve, stream};
 /// After the drain deadline, how long a job may take to kill its processes and say so.
 const KILL_GRACE: Duration = Duration::from_secs(1);
 
+/// How often the socket file is checked for a deletion (then bound again).
+const SOCKET_CHECK: Duration = Duration::from_secs(1);
+
 /// A bound, ready sidecar.
 pub struct Server {
     listener: UnixListener,
@@ -168,8 +171,25 @@ impl Server {
         })
     }
 
+    /// Binds the socket again when its file is gone (a temp cleaner, an operator): the old
+    /// listener is unreachable without it. Running jobs keep their connections.
+    fn rebind_if_gone(&mut self) {
+        let config = &self.shared.config;
+        if std::fs::symlink_metadata(&config.socket).is_ok() {
+            return;
+        }
+        match bind_socket(&config.socket, config.socket_group.as_deref()) {
+            Ok(listener) => {
+                let socket = config.socket.display();
+                warn!(%socket, "the socket file was deleted: bound again");
+                self.listener = listener;
+            }
+            Err(e) => error!("the socket file was deleted and cannot be bound again: {e}"),
+        }
+    }
+
     /// Serves until SIGTERM/SIGINT, then drains: running jobs get `drain_timeout`, then die.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let tracker = TaskTracker::new();
         let (mut term, mut int) = match (
             signal(SignalKind::terminate()),
@@ -178,10 +198,12 @@ impl Server {
             (Ok(t), Ok(i)) => (t, i),
             (Err(e), _) | (_, Err(e)) => return error!("{}", Error::Signals(e)),
         };
+        let mut socket_check = tokio::time::interval(SOCKET_CHECK);
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+                _ = socket_check.tick() => self.rebind_if_gone(),
                 accepted = self.listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let shared = Arc::clone(&self.shared);
