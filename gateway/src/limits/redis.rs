@@ -34,12 +34,13 @@ end
 return 0
 ";
 
-/// KEYS: the sets; ARGV: ttl ms, slot id. Only refreshes a slot still present.
+/// KEYS: the sets; ARGV: ttl ms, slot id. Adds the slot back when it is gone (a Redis that
+/// restarted empty), so a running stream keeps counting against its limits.
 const REFRESH: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, key in ipairs(KEYS) do
-  redis.call('ZADD', key, 'XX', now + tonumber(ARGV[1]), ARGV[2])
+  redis.call('ZADD', key, now + tonumber(ARGV[1]), ARGV[2])
   redis.call('PEXPIRE', key, ARGV[1])
 end
 return 0
