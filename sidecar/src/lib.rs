@@ -134,3 +134,5 @@ pub enum Error {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
+/// The HLS playlist parser, public only for its fuzz target (`fuzz/`).
+pub use fetch::hls::Playlist;

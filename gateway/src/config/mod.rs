@@ -220,7 +220,13 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        Config::from_toml(&text, path)
+    }
+
+    /// Parses and validates the text of a file at `path` (named in errors): [`Config::load`]
+    /// without the read, public so the config fuzz target (`fuzz/`) feeds it text directly.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
             error: Box::new(e),
         })?;

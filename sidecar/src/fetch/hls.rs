@@ -91,6 +91,7 @@ impl Playlist {
         })
     }
 
+    /// How many media segments (init sections not counted) the playlist lists.
     pub fn segments(&self) -> usize {
         self.segments
     }

@@ -1,0 +1,6 @@
+//! `streamgate_fuzz::range`, coverage-guided (scripts/fuzz).
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|input: &[u8]| {
+    streamgate_fuzz::range(input);
+});
