@@ -7,6 +7,7 @@
 //! - [`process`]: child processes killed on drop, live processes under a pid from `/proc`.
 //! - [`sidecar`]: a running `streamgate-sidecar` on a temp socket.
 //! - [`client`]: the protocol's client side: handshake, one job, every frame recorded.
+//! - [`origin`]: a loopback origin for one file that holds, stalls or drops on the test's cue.
 //! - [`redis`]: a throwaway `redis-server`, and the two-tenant configs of the limit tests.
 //! - [`watch`]: an inotify watch proving a directory was never written to.
 //! - [`netns`]: a test re-run in a network namespace of its own, with a "public" TEST-NET
@@ -19,6 +20,7 @@ pub mod fixtures;
 pub mod gateway;
 pub mod http;
 pub mod netns;
+pub mod origin;
 pub mod paths;
 pub mod process;
 pub mod redis;

@@ -14,7 +14,7 @@ use crate::process::ChildGuard;
 pub struct RedisServer {
     child: Option<ChildGuard>,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
@@ -22,29 +22,19 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         let port = streamgate_testkit::net::free_port().expect("a free port");
         let dir = tempfile::tempdir().expect("redis temp dir");
-        let mut cmd = Command::new("redis-server");
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = ChildGuard::spawn(cmd, "redis-server").expect("spawn redis-server");
-        let server = RedisServer {
+        let child = spawn(port, dir.path());
+        RedisServer {
             child: Some(child),
             port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !server.ping() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not answer PING"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+            dir,
         }
-        server
+    }
+
+    /// Kills the server and starts an empty one on the same port (a restart without
+    /// persistence: every key is gone).
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = Some(spawn(self.port, self.dir.path()));
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -54,17 +44,12 @@ impl RedisServer {
 
     /// Whether it answers `PING` with `+PONG`.
     pub fn ping(&self) -> bool {
-        self.command("PING").is_some_and(|r| r.starts_with("+PONG"))
+        ping(self.port)
     }
 
     /// Sends one inline command and returns the first reply read (raw RESP).
     pub fn command(&self, line: &str) -> Option<String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-        s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).ok()?;
-        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+        command(self.port, line)
     }
 
     /// Members of a sorted set (`ZCARD`), e.g. the slots of `streamgate:{a}:streams`.
@@ -77,6 +62,42 @@ impl RedisServer {
     pub fn stop(&mut self) {
         drop(self.child.take());
     }
+}
+
+/// Runs `redis-server` on `port` and waits until it answers `PING`.
+fn spawn(port: u16, dir: &Path) -> ChildGuard {
+    let mut cmd = Command::new("redis-server");
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = ChildGuard::spawn(cmd, "redis-server").expect("spawn redis-server");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !ping(port) {
+        assert!(
+            Instant::now() < deadline,
+            "redis-server did not answer PING"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+fn ping(port: u16) -> bool {
+    command(port, "PING").is_some_and(|r| r.starts_with("+PONG"))
+}
+
+/// Sends one inline command to `port` and returns the first reply read (raw RESP).
+fn command(port: u16, line: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.write_all(format!("{line}\r\n").as_bytes()).ok()?;
+    let mut buf = [0u8; 4096];
+    let n = s.read(&mut buf).ok()?;
+    Some(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
 /// The limits of one tenant of [`two_tenants`], as TOML inline-table fields
