@@ -58,12 +58,17 @@ pub struct SoakArgs {
 }
 
 /// The soak's gateway: one tenant that may fetch loopback fixtures; job slots and queue
-/// large enough for every client at once (a `busy` 503 would be the soak's own doing), and
-/// a short idle-write timeout so the stalling readers are cut within the run.
+/// large enough for every client at once (a `busy` 503 would be the soak's own doing), a
+/// short idle-write timeout so the stalling readers are cut within the run, and plugin
+/// calls given 500 ms instead of 50: on a shared 2-core machine (load average 17–20 during
+/// the first 10-minute run) CPU starvation alone made 2 of 33,000 calls miss 50 ms (503);
+/// the deadline itself is the plugin tests' subject, leaks and growth are this one's.
 const CONFIG: &str = r#"
 default_tenant = "soak"
 [server]
 idle_write_timeout_secs = {idle}
+[plugins]
+deadline_ms = 500
 [sidecar]
 max_jobs = 16
 args = ["--queue=256"]
@@ -263,9 +268,16 @@ pub struct Verdict {
 /// bounds (`--cache-entries`); a leak of one buffer per request is far above it in 10 min.
 const PSS_SLACK_KIB: f64 = 8192.0;
 const PSS_SLACK_FRACTION: f64 = 0.25;
-/// Descriptors may differ by this many between the windows' medians (connections in
-/// flight at a sampling instant vary with the mix: 64 clients, up to 3 descriptors each).
-const FD_SLACK: f64 = 32.0;
+/// Share of stalled readers that may get the whole body (their stream had no byte waiting
+/// for them for a whole idle-write timeout: the sidecar was slower than the stall); 15 of
+/// 2,063 (0.7 %) in the first 10-minute run at load average 20.
+const STALL_NOT_CUT_MAX: f64 = 0.05;
+/// Descriptors may differ by this many per client between the windows' medians: what is
+/// open at a sampling instant follows what is in flight (a merge holds a socket and three
+/// pipes in the sidecar, a stall its sockets for 11 s), and the first 10-minute run saw
+/// the sidecar's median move by 80 at 64 clients with none left once quiet. A leak of one
+/// descriptor per hundred requests is ≈ 260 in 10 minutes.
+const FD_SLACK_PER_CLIENT: f64 = 2.0;
 /// Once quiet, descriptors of each process may exceed the baseline by this many: pooled
 /// keep-alive connections to the fixture origin and the warm pool's pipes are reopened
 /// lazily, so a few more or fewer than at the baseline instant is not a leak.
@@ -283,6 +295,15 @@ impl Verdict {
         let mut failures = Vec::new();
         for (kind, class, n) in outcomes.unexpected() {
             failures.push(format!("{n} × {kind}: {class}"));
+        }
+        // Most stalled readers must be cut: the idle-write timeout is what they test.
+        let cut = outcomes.count(load::Kind::Stall, "cut after the stall");
+        let not_cut = outcomes.count(load::Kind::Stall, load::NOT_CUT);
+        if (not_cut as f64) > (cut + not_cut) as f64 * STALL_NOT_CUT_MAX {
+            failures.push(format!(
+                "stalled readers: {not_cut} not cut against {cut} cut (at most {:.0} % allowed)",
+                STALL_NOT_CUT_MAX * 100.0
+            ));
         }
         if jobs_left > 0 {
             failures.push(format!(
@@ -328,7 +349,7 @@ impl Verdict {
                 let allowed = if is_pss {
                     a * (1.0 + PSS_SLACK_FRACTION) + PSS_SLACK_KIB
                 } else {
-                    a + FD_SLACK
+                    a + FD_SLACK_PER_CLIENT * args.concurrency as f64
                 };
                 if b > allowed {
                     failures.push(format!(

@@ -75,11 +75,11 @@ pub fn render(run: &Run, png: &Path) -> String {
         md,
         "## Growth\n\nMedians of the gateway's and the sidecar's own PSS and descriptors over the \
          second tenth of the run (the first is warm-up) against the last tenth; allowed: PSS \
-         × {:.2} + {} MiB, descriptors + {}. Once the load stopped and the jobs ended (≤ {} s): \
+         × {:.2} + {} MiB, descriptors + {} per client. Once the load stopped and the jobs ended (≤ {} s): \
          descriptors at most {} above the baseline, no job process left.\n",
         1.0 + super::PSS_SLACK_FRACTION,
         super::PSS_SLACK_KIB / 1024.0,
-        super::FD_SLACK,
+        super::FD_SLACK_PER_CLIENT,
         super::SETTLE.as_secs(),
         super::FD_AFTER_SLACK
     );
