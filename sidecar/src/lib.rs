@@ -48,6 +48,8 @@ pub struct Config {
     pub max_extractions: usize,
     /// yt-dlp downloads and ffmpeg merges running at once (each holds processes).
     pub max_jobs: usize,
+    /// Percent of the stream and of the process slots one tenant may hold (1-100).
+    pub tenant_share: u8,
     /// Jobs that may wait for a free slot of each kind; one more gets `busy`.
     pub queue: usize,
     /// How long a queued job waits for a slot before it gets `busy`.

@@ -32,6 +32,11 @@ struct Args {
     /// fetch itself keep a yt-dlp (≈30 MB) for their length, merges an ffmpeg.
     #[arg(long, default_value_t = 32)]
     max_jobs: usize,
+    /// Percent of the stream slots and of the download and merge slots one tenant may hold
+    /// (rounded up): below 100, no tenant's stalled or slow clients can hold them all. Jobs
+    /// without a tenant count as one tenant.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
+    tenant_share: u8,
     /// Jobs that may wait for a slot of each kind (stream, extraction, download or merge);
     /// more get `busy`.
     #[arg(long, default_value_t = 1024)]
@@ -139,6 +144,7 @@ async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
         max_streams: args.max_streams,
         max_extractions,
         max_jobs: args.max_jobs,
+        tenant_share: args.tenant_share,
         queue: args.queue,
         queue_timeout: secs("queue-timeout", args.queue_timeout)?,
         stall_timeout: secs("stall-timeout", args.stall_timeout)?,

@@ -410,7 +410,7 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
         Kind::Stream { .. } => match shared
             .slots
             .streams
-            .enter(&shared.draining, peer_event(rx))
+            .enter(tenant, &shared.draining, peer_event(rx))
             .await
         {
             Ok(slot) => Some(slot),
@@ -461,7 +461,7 @@ async fn resolve_job(
     let _extraction = match shared
         .slots
         .extractions
-        .enter(&shared.draining, peer_event(rx))
+        .enter(job.tenant, &shared.draining, peer_event(rx))
         .await
     {
         Ok(slot) => slot,

@@ -93,7 +93,7 @@ pub(crate) async fn run(
         let ran = {
             // Several formats are merged by an ffmpeg: a process slot while it runs.
             let _merge = match selection.formats.len() > 1 && !spec.want.head {
-                true => match process_slot(shared, tx, rx).await {
+                true => match process_slot(shared, spec.tenant, tx, rx).await {
                     Ok(slot) => Some(slot),
                     Err(outcome) => return outcome,
                 },
@@ -166,7 +166,7 @@ async fn extraction(
     let _extraction = match shared
         .slots
         .extractions
-        .enter(&shared.draining, peer_event(rx))
+        .enter(spec.tenant, &shared.draining, peer_event(rx))
         .await
     {
         Ok(slot) => slot,
@@ -202,7 +202,7 @@ async fn with_ytdlp(
     tx: &mut Tx,
     rx: &mut Rx,
 ) -> Outcome {
-    let _download = match process_slot(shared, tx, rx).await {
+    let _download = match process_slot(shared, spec.tenant, tx, rx).await {
         Ok(slot) => slot,
         Err(outcome) => return outcome,
     };
@@ -235,11 +235,16 @@ async fn with_ytdlp(
 }
 
 /// A process slot (`--max-jobs`), or how the job ended without one.
-async fn process_slot(shared: &Shared, tx: &mut Tx, rx: &mut Rx) -> Result<Slot, Outcome> {
+async fn process_slot(
+    shared: &Shared,
+    tenant: Option<&str>,
+    tx: &mut Tx,
+    rx: &mut Rx,
+) -> Result<Slot, Outcome> {
     match shared
         .slots
         .processes
-        .enter(&shared.draining, peer_event(rx))
+        .enter(tenant, &shared.draining, peer_event(rx))
         .await
     {
         Ok(slot) => Ok(slot),
