@@ -19,6 +19,9 @@ pub struct EngineSettings {
     pub memory_limit: usize,
     /// Instances alive at once (the pooling allocator's size); further calls wait.
     pub max_instances: u32,
+    /// Instances one tenant's calls may hold at once, so that one tenant's slow plugin cannot
+    /// take them all (`tenant_instances`; default half of `max_instances`, rounded up).
+    pub tenant_instances: Option<u32>,
     /// Bytes of plugin output (stdout, stderr, `log`) kept per call and stream (default 16 KiB).
     pub log_cap_bytes: usize,
     /// Where compiled components are kept between starts (`cache_dir`; default
@@ -32,9 +35,20 @@ impl Default for EngineSettings {
             deadline: Duration::from_millis(50),
             memory_limit: 16 << 20,
             max_instances: 32,
+            tenant_instances: None,
             log_cap_bytes: 16 << 10,
             cache_dir: None,
         }
+    }
+}
+
+impl EngineSettings {
+    /// Instances one tenant may hold: `tenant_instances`, at least 1 and at most all.
+    pub fn tenant_instances(&self) -> u32 {
+        let all = self.max_instances.max(1);
+        self.tenant_instances
+            .unwrap_or(all.div_ceil(2))
+            .clamp(1, all)
     }
 }
 
@@ -53,5 +67,8 @@ mod tests {
         assert_eq!(s.max_instances, 4);
         assert_eq!(s.memory_limit, EngineSettings::default().memory_limit);
         assert!(toml::from_str::<EngineSettings>("deadline = 20").is_err());
+        assert_eq!(s.tenant_instances(), 2, "half of 4 by default");
+        let s: EngineSettings = toml::from_str("tenant_instances = 40").unwrap();
+        assert_eq!(s.tenant_instances(), 32, "never more than max_instances");
     }
 }

@@ -1,6 +1,12 @@
 //! One wasmtime engine per process: compiles components, owns the instance pool, the epoch
 //! ticker and the linker, and runs each call in a fresh store under the limits.
 //!
+//! A call's deadline is kept twice: epoch interruption stops a plugin busy in its own code
+//! (a trap that says where), and a wall-clock timeout around the whole call stops one
+//! waiting inside a host call (`wasi:io/poll`, a sleep), which epochs never interrupt.
+//! Each tenant's calls hold at most its share of the instance permits, so one tenant's slow
+//! plugin cannot take them all.
+//!
 //! Models: Spin's `crates/core` (engine set-up, weak-engine ticker, deadline in ticks) and
 //! wasmtime's `serve` (a semaphore permit taken before instantiating from a fixed pool).
 
@@ -43,6 +49,8 @@ struct EngineInner {
     settings: EngineSettings,
     /// One permit per pooled instance: calls beyond the pool wait instead of failing.
     permits: Semaphore,
+    /// Each tenant's share of `permits` (`[plugins] tenant_instances`), made on its first call.
+    tenant_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
     deadline_ticks: u64,
     /// Linked components by content: many tenants load the same built-in plugin, and each
     /// distinct component is compiled only once.
@@ -113,6 +121,7 @@ impl PluginEngine {
                 linker,
                 deadline_ticks: deadline_ticks(settings.deadline),
                 permits: Semaphore::new(n as usize),
+                tenant_permits: Mutex::default(),
                 compiled: Mutex::default(),
                 cache,
                 settings,
@@ -197,11 +206,13 @@ impl PluginEngine {
         Ok(pre)
     }
 
-    /// One plugin call, the only way plugins run: a pool slot, a fresh store under the
-    /// limits, `pre` instantiated into it, `run` given the instance and the store (and
-    /// handing the store back), then the plugin's output logged and any failure named.
+    /// One plugin call, the only way plugins run: one of `tenant`'s permits and a pool
+    /// slot, a fresh store under the limits, `pre` instantiated into it, `run` given the
+    /// instance and the store (and handing the store back), all within the wall-clock
+    /// deadline; then the plugin's output logged and any failure named.
     pub(crate) async fn call<P, T, F>(
         &self,
+        tenant: &str,
         plugin: &Arc<str>,
         config: &Arc<BTreeMap<String, String>>,
         pre: &P,
@@ -212,6 +223,8 @@ impl PluginEngine {
         F: Future<Output = (Store<HostState>, wasmtime::Result<T>)>,
     {
         let inner = &*self.inner;
+        let tenant_permits = self.tenant_permits(tenant);
+        let _tenant = tenant_permits.acquire().await.expect("never closed");
         let _permit = inner.permits.acquire().await.expect("never closed");
         let cap = inner.settings.log_cap_bytes;
         let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
@@ -234,13 +247,20 @@ impl PluginEngine {
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(inner.deadline_ticks);
         store.epoch_deadline_trap();
-        let (store, phase, result) = match pre.instantiate(&mut store).await {
-            Ok(instance) => {
-                let (store, result) = run(instance, store).await;
-                (store, Phase::Call, result)
+        let work = async move {
+            match pre.instantiate(&mut store).await {
+                Ok(instance) => {
+                    let (store, result) = run(instance, store).await;
+                    (store, Phase::Call, result)
+                }
+                Err(e) => (store, Phase::Instantiate, Err(e)),
             }
-            Err(e) => (store, Phase::Instantiate, Err(e)),
         };
+        // Past the epoch deadline by two ticks: a busy plugin still gets its trap. On
+        // timeout the future is dropped with the store and the instance in it (wasmtime
+        // unwinds the suspended call; nothing of it can run again), which returns the
+        // instance's slots to the pool and the permits above.
+        let ended = tokio::time::timeout(inner.settings.deadline + 2 * EPOCH_TICK, work).await;
         for (stream, pipe) in [("stdout", &stdout), ("stderr", &stderr)] {
             let (text, truncated) = pipe.take();
             if !text.is_empty() {
@@ -253,7 +273,33 @@ impl PluginEngine {
                 );
             }
         }
-        result.map_err(|e| failure(plugin, &store, phase, e))
+        match ended {
+            Ok((store, phase, result)) => result.map_err(|e| failure(plugin, &store, phase, e)),
+            Err(_) => {
+                let error = PluginError::Deadline {
+                    plugin: plugin.to_string(),
+                };
+                tracing::warn!(
+                    plugin = &**plugin,
+                    "plugin call failed: {error} (waiting in a host call)"
+                );
+                Err(error)
+            }
+        }
+    }
+
+    /// `tenant`'s share of the instance permits.
+    fn tenant_permits(&self, tenant: &str) -> Arc<Semaphore> {
+        let mut all = self
+            .inner
+            .tenant_permits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let share = self.inner.settings.tenant_instances();
+        let permits = all
+            .entry(tenant.to_owned())
+            .or_insert_with(|| Arc::new(Semaphore::new(share as usize)));
+        Arc::clone(permits)
     }
 }
 

@@ -108,6 +108,7 @@ impl PolicyPlugin {
         stream: &StreamRequest,
     ) -> Result<PolicyDecision, PluginError> {
         let inner = &*self.inner;
+        let tenant = req.tenant.as_str();
         let (req, stream) = (to_wit_request(req), to_wit_stream(stream));
         match &inner.world {
             PolicyWorld::V1(pre) => {
@@ -118,7 +119,7 @@ impl PolicyPlugin {
                 };
                 let decision = inner
                     .engine
-                    .call(&inner.name, &inner.config, pre, run)
+                    .call(tenant, &inner.name, &inner.config, pre, run)
                     .await?;
                 Ok(match decision {
                     Decision::Allow(changes) => PolicyDecision::Allow {
@@ -138,7 +139,7 @@ impl PolicyPlugin {
                 };
                 let decision = inner
                     .engine
-                    .call(&inner.name, &inner.config, pre, run)
+                    .call(tenant, &inner.name, &inner.config, pre, run)
                     .await?;
                 Ok(match decision {
                     policy_v2::Decision::Allow(changes) => PolicyDecision::Allow {
@@ -171,6 +172,7 @@ impl PolicyPlugin {
         else {
             return Ok(None);
         };
+        let tenant = req.tenant.as_str();
         let (req, stream, media) = (
             to_wit_request(req),
             to_wit_stream(stream),
@@ -185,7 +187,7 @@ impl PolicyPlugin {
         };
         let verdict = inner
             .engine
-            .call(&inner.name, &inner.config, pre, run)
+            .call(tenant, &inner.name, &inner.config, pre, run)
             .await?;
         Ok(verdict.err().map(from_wit_denial))
     }

@@ -56,6 +56,7 @@ impl TokenPlugin {
         token: &str,
     ) -> Result<Result<StreamRequest, Denial>, PluginError> {
         let inner = &*self.inner;
+        let tenant = req.tenant.as_str();
         let req = to_wit_request(req);
         let run = |instance: Instance, mut store: Store<HostState>| async move {
             let plugin = instance.streamgate_plugin_token();
@@ -64,7 +65,7 @@ impl TokenPlugin {
         };
         let opened = inner
             .engine
-            .call(&inner.name, &inner.config, &inner.pre, run)
+            .call(tenant, &inner.name, &inner.config, &inner.pre, run)
             .await?;
         Ok(opened.map(from_wit_stream).map_err(from_wit_denial))
     }
@@ -84,7 +85,7 @@ impl TokenPlugin {
         };
         inner
             .engine
-            .call(&inner.name, &inner.config, &inner.pre, run)
+            .call(tenant, &inner.name, &inner.config, &inner.pre, run)
             .await
     }
 }

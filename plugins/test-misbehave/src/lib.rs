@@ -1,6 +1,9 @@
 //! `test-misbehave`: for tests only. `open` misbehaves on request, so tests can prove a
 //! bad plugin costs one request and never the gateway:
 //! - `loop`: spins forever (the epoch deadline must stop it),
+//! - `sleep`: sleeps a minute inside a host call (`wasi:clocks/monotonic-clock`
+//!   `subscribe-duration`, then `wasi:io/poll`), where epochs never interrupt it: the
+//!   host's wall-clock timeout must stop it,
 //! - `trap`: hits `unreachable`,
 //! - `alloc`: allocates without bound (the memory limit must stop it),
 //! - `print`: writes 1 MiB to stdout and stderr, then behaves (the log cap must hold),
@@ -37,6 +40,11 @@ impl Guest for Component {
                 }
             }
             "trap" => core::arch::wasm32::unreachable(),
+            "sleep" => {
+                // std's sleep on wasip2 is a monotonic-clock pollable, blocked on.
+                std::thread::sleep(std::time::Duration::from_secs(60));
+                Ok(ok(None))
+            }
             "alloc" => {
                 let mut hoard: Vec<Vec<u8>> = Vec::new();
                 loop {
