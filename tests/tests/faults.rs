@@ -142,7 +142,8 @@ fn tail(gw: &Gateway) -> String {
     lines[lines.len().saturating_sub(60)..].join("\n")
 }
 
-/// A yt-dlp job process left under the gateway (the warm pool's own processes are not).
+/// Waits until no yt-dlp job process is left under the gateway (the warm pool's idle
+/// workers and forkserver go by other names).
 async fn assert_no_job_left(gw: &Gateway, what: &str) {
     let clean = wait_until(Duration::from_secs(10), || gw.ytdlp_processes().is_empty()).await;
     assert!(clean, "{what}: {:?}", gw.ytdlp_processes());
@@ -159,6 +160,10 @@ async fn gateway(sidecar_args: &[&str]) -> Gateway {
 
 fn link(gw: &Gateway, url: &str) -> String {
     gw.stream_url(&gw.mint(url, "b"))
+}
+
+fn link_to_large(gw: &Gateway) -> String {
+    link(gw, &large_url())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -276,10 +281,6 @@ async fn an_upstream_that_drops_mid_body_cuts_that_body_only() {
     origin.set(Mode::Serve);
     assert_whole(&fetch(&link, &[]).await, &file, "after the drop", &gw);
     assert_no_job_left(&gw, "dropped upstream").await;
-}
-
-fn link_to_large(gw: &Gateway) -> String {
-    link(gw, &large_url())
 }
 
 // ---------------------------------------------------------------------------------------
