@@ -152,25 +152,21 @@ async fn a_tenant_holding_its_whole_quota_does_not_delay_another_tenants_stream(
         gw.logs()
     );
     assert!(!gw.logs().contains("tenant \"b\" holds its quota"));
-    // One of a's stalled clients leaves: one of its waiting jobs gets the slot, then the
-    // other after the second.
+    // One of a's stalled clients leaves: one of its waiting jobs gets the slot, and the
+    // other gets it when that one has ended (a's other stalled client still holds one).
     drop(a1);
-    let first = tokio::select! {
-        r = &mut a3 => r.unwrap(),
-        r = &mut a4 => r.unwrap(),
+    let (first, second) = tokio::select! {
+        r = &mut a3 => (r.unwrap(), a4),
+        r = &mut a4 => (r.unwrap(), a3),
         _ = tokio::time::sleep(BOUND) => panic!("a's waiting jobs never got the freed slot\n{}", gw.logs()),
     };
     assert_whole_file(&first, &gw, "a's first waiting job");
-    drop(a2);
-    let second = match (a3.is_finished(), a4.is_finished()) {
-        (true, _) => a4,
-        _ => a3,
-    };
     let second = tokio::time::timeout(BOUND, second)
         .await
         .expect("in time")
         .unwrap();
     assert_whole_file(&second, &gw, "a's second waiting job");
+    drop(a2);
     eprintln!(
         "b served whole while 2 of a's jobs waited at its quota; a's served as its slots freed"
     );
