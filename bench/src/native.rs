@@ -275,9 +275,10 @@ fn served_delta(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -
     }
 }
 
-fn base_of(ctx: &Ctx, s: Sys) -> Option<String> {
+/// Where `s` serves `/metrics`: the gateway's admin listener.
+fn admin_of(ctx: &Ctx, s: Sys) -> Option<String> {
     match s {
-        Sys::Gateway => ctx.systems.gateway.as_ref().map(|g| g.base.clone()),
+        Sys::Gateway => ctx.systems.gateway.as_ref().map(|g| g.admin.clone()),
         _ => None,
     }
 }
@@ -360,7 +361,7 @@ async fn firstbyte(ctx: &Ctx, out: &mut NativeResults) -> anyhow::Result<()> {
         let prepared = prepare(ctx, &systems, &media).await?;
         for &s in &systems {
             progress(format!("first byte at n={n}: {}", s.name()));
-            let base = base_of(ctx, s);
+            let base = admin_of(ctx, s);
             let before = match &base {
                 Some(b) => Some(served_by(b).await),
                 None => None,
@@ -517,7 +518,7 @@ async fn pss_of(ctx: &Ctx, fresh: &Fresh, n: usize, out: &mut NativeResults) -> 
             .iter()
             .map(|t| g.stream_url(t))
             .collect();
-        systems.push((Sys::Gateway, g.pid(), Some(g.base.clone()), links));
+        systems.push((Sys::Gateway, g.pid(), Some(g.admin.clone()), links));
     }
     if let Some(p) = &fresh.peer {
         systems.push((Sys::Peer, p.pid(), None, peer_links(p, &media).await?));

@@ -89,6 +89,8 @@ pub struct Gateway {
     pub bin: PathBuf,
     pub state_dir: PathBuf,
     pub base: String,
+    /// Base URL of its admin listener (`/metrics`).
+    pub admin: String,
     pub child: Child,
     pub log: PathBuf,
     pub ready_after: Duration,
@@ -110,13 +112,15 @@ impl Gateway {
     ) -> anyhow::Result<Gateway> {
         std::fs::create_dir_all(state_dir)?;
         let port = free_port()?;
+        let admin_port = free_port()?;
         let logf = std::fs::File::create(log)?;
+        let admin_listen = ["--admin-listen".into(), format!("127.0.0.1:{admin_port}")];
         let serve = Serve {
             listen: format!("127.0.0.1:{port}"),
             state_dir: state_dir.to_path_buf(),
             config: config.map(Path::to_path_buf),
             allow_private_urls: config.is_none(),
-            extra: extra.to_vec(),
+            extra: [extra, &admin_listen].concat(),
             ..Serve::default()
         };
         let mut cmd = Command::from(serve.command(bin));
@@ -135,6 +139,7 @@ impl Gateway {
             bin: bin.to_path_buf(),
             state_dir: state_dir.to_path_buf(),
             base,
+            admin: format!("http://127.0.0.1:{admin_port}"),
             child,
             log: log.to_path_buf(),
             ready_after,

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{AdminListen, Config, ConfigError};
 use crate::state;
 
 /// The command line.
@@ -77,6 +77,10 @@ pub struct ServeArgs {
     /// Address to listen on (overrides the config; default 127.0.0.1:8080).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Address of the admin listener (`/metrics`, detailed `/readyz`), or `off` (overrides
+    /// `[server] admin_listen`; default 127.0.0.1:9091).
+    #[arg(long, value_name = "ADDR|off")]
+    pub admin_listen: Option<AdminListen>,
     /// Let the default tenant fetch loopback and private-network URLs, any port (local testing).
     #[arg(long)]
     pub allow_private_urls: bool,
@@ -142,6 +146,9 @@ impl ServeArgs {
         if let Some(listen) = self.listen {
             config.listen = listen;
         }
+        if let Some(admin) = self.admin_listen {
+            config.server.admin_listen = admin;
+        }
         if let Some(secs) = self.drain_secs {
             config.drain_secs = secs;
         }
@@ -188,9 +195,12 @@ mod tests {
             "--listen",
             "127.0.0.1:0",
             "--allow-private-urls",
+            "--admin-listen",
+            "off",
         ])
         .unwrap();
-        assert!(matches!(cli.command, Command::Serve(a) if a.allow_private_urls));
+        assert!(matches!(cli.command,
+            Command::Serve(a) if a.allow_private_urls && a.admin_listen == Some(AdminListen(None))));
         let cli =
             Cli::try_parse_from(["streamgate", "mint", "--url", "https://x/y", "--ttl", "60"])
                 .unwrap();

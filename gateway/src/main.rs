@@ -152,10 +152,22 @@ async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = streamgate::server::run(listener, app.clone(), async move {
-        let _ = stop_rx.wait_for(|stop| *stop).await;
-    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    // Bound and announced before the public listener, so whoever waits for the public
+    // line finds the admin one too.
+    if let Some(admin) = config.server.admin_listen.0 {
+        let listener = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("binding the admin listener {admin}"))?;
+        let admin = listener.local_addr()?;
+        let serve = streamgate::server::run_admin(listener, app.clone(), stopped(stop_rx.clone()));
+        tokio::spawn(serve);
+        tracing::info!("admin listener on http://{admin} (/metrics, /readyz)");
+    }
+    let server = streamgate::server::run(listener, app.clone(), stopped(stop_rx));
     let mut server = tokio::spawn(server);
     tracing::info!("listening on http://{addr}");
     let mint_hint = match &args.source.config {

@@ -1,4 +1,5 @@
-//! The HTTP surface: the route table ([`routes`], warp filters handing each route to its
+//! The HTTP surface: the route table ([`routes`] for clients, [`admin_routes`] for the admin
+//! listener; warp filters handing each route to its
 //! handler, one `recover`, every response counted), served through hyper-util the way
 //! `warp::serve(..).incoming(..).graceful(..)` does it (HTTP/1 and HTTP/2 on one listener, upgrades, graceful
 //! shutdown that lets open responses finish), with the defences warp 0.4 does not expose:
@@ -18,7 +19,6 @@ use std::time::Duration;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use futures::TryStreamExt;
 use hyper::body::Incoming;
-use hyper::service::Service as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -44,15 +44,59 @@ use crate::{resolve, stream, web};
 /// a request head may take (hyper's read buffer), far above any real request.
 pub const HTTP1_MAX_BUF: usize = 32 * 1024;
 
-/// Serves `routes(app)` on `listener` until `shutdown` resolves, then stops accepting,
-/// asks every connection to finish (responses in flight complete; keep-alive ends), and
-/// returns once all of them are closed. `app.server` sets the timeouts and the cap.
+/// Connections the admin listener holds at once: a scraper and an operator or two.
+const ADMIN_MAX_CONNECTIONS: usize = 16;
+
+/// Serves `routes(app)` (clients) on `listener` until `shutdown` resolves, then stops
+/// accepting, asks every connection to finish (responses in flight complete; keep-alive
+/// ends), and returns once all of them are closed. `app.server` sets the timeouts and the cap.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let filter = routes(app.clone());
+    let service = move || TowerToHyperService::new(warp::service(filter.clone()));
+    let (cap, metrics) = (app.server.max_connections, Some(app.metrics.clone()));
+    serve(listener, &app, cap, metrics, service, shutdown).await;
+}
+
+/// Serves [`admin_routes`] on `listener` (`[server] admin_listen`) the way [`run`] serves
+/// clients: same timeouts, a cap of its own ([`ADMIN_MAX_CONNECTIONS`]), so clients at their
+/// cap do not lock the operator out. Its connections are not counted: the connection metrics
+/// describe the clients (a scrape would count itself).
+pub async fn run_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let filter = admin_routes(app.clone());
+    let service = move || TowerToHyperService::new(warp::service(filter.clone()));
+    serve(
+        listener,
+        &app,
+        ADMIN_MAX_CONNECTIONS,
+        None,
+        service,
+        shutdown,
+    )
+    .await;
+}
+
+/// The accept loop and connection setup both listeners share: `cap` connections at once,
+/// each served by a fresh `service()` under `app.server`'s timeouts, counted in `metrics`.
+async fn serve<M, S>(
+    listener: TcpListener,
+    app: &App,
+    cap: usize,
+    metrics: Option<Metrics>,
+    service: M,
+    shutdown: impl Future<Output = ()>,
+) where
+    M: Fn() -> S,
+    S: hyper::service::Service<
+            Request<Incoming>,
+            Response = warp::reply::Response,
+            Error = Infallible,
+        > + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let settings = app.server.clone();
-    let metrics = app.metrics.clone();
-    let filter = routes(app);
     let graceful = GracefulShutdown::new();
-    let slots = Arc::new(Semaphore::new(settings.max_connections));
+    let slots = Arc::new(Semaphore::new(cap));
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (io, remote) = tokio::select! {
@@ -68,13 +112,15 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
         // Over the cap: accepted and closed at once (Envoy's `max_connections`), so the
         // backlog does not fill with clients that would wait for nothing.
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            metrics.connection_refused();
+            if let Some(metrics) = &metrics {
+                metrics.connection_refused();
+            }
             drop(io);
             continue;
         };
-        let open = metrics.connection();
+        let open = metrics.as_ref().map(Metrics::connection);
         let asked = CancellationToken::new();
-        let svc = TowerToHyperService::new(warp::service(filter.clone()));
+        let svc = service();
         let svc = {
             let asked = asked.clone();
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
@@ -109,9 +155,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
             };
             tokio::select! {
                 served = watcher.watch(conn) => if let Err(err) = served {
-                    connection_error(&metrics, &*err);
+                    connection_error(metrics.as_ref(), &*err);
                 },
-                true = no_request => metrics.connection_timed_out("header"),
+                true = no_request => timed_out(metrics.as_ref(), "header"),
             }
         });
     }
@@ -121,14 +167,21 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
 
 /// One connection's failure: a header timeout is counted; none is worth more than a debug
 /// line (a client may cause any of them at will).
-fn connection_error(metrics: &Metrics, err: &(dyn std::error::Error + 'static)) {
+fn connection_error(metrics: Option<&Metrics>, err: &(dyn std::error::Error + 'static)) {
     let header_timeout = err
         .downcast_ref::<hyper::Error>()
         .is_some_and(hyper::Error::is_timeout);
     if header_timeout {
-        metrics.connection_timed_out("header");
+        timed_out(metrics, "header");
     }
     tracing::debug!("client connection closed: {err}");
+}
+
+/// A connection closed by a timeout, counted when its listener is.
+fn timed_out(metrics: Option<&Metrics>, kind: &'static str) {
+    if let Some(metrics) = metrics {
+        metrics.connection_timed_out(kind);
+    }
 }
 
 /// Descriptors exhausted: accepting again at once would spin, so it pauses a second (what
@@ -152,11 +205,11 @@ struct WriteStall {
     io: TcpStream,
     limit: Duration,
     stalled: Option<Pin<Box<Sleep>>>,
-    metrics: Metrics,
+    metrics: Option<Metrics>,
 }
 
 impl WriteStall {
-    fn new(io: TcpStream, limit: Duration, metrics: Metrics) -> Self {
+    fn new(io: TcpStream, limit: Duration, metrics: Option<Metrics>) -> Self {
         WriteStall {
             io,
             limit,
@@ -182,7 +235,7 @@ impl WriteStall {
         if stall.as_mut().poll(cx).is_pending() {
             return Poll::Pending;
         }
-        self.metrics.connection_timed_out("idle_write");
+        timed_out(self.metrics.as_ref(), "idle_write");
         // Counted once: the connection ends on this error.
         self.stalled = None;
         Poll::Ready(Err(io::Error::new(
@@ -248,15 +301,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
     let readyz = warp::path!("readyz")
         .and(get_or_head())
         .and(with_app(app.clone()))
-        .and_then(|_, app| ready(app));
-    let metrics = warp::path!("metrics")
-        .and(get_or_head())
-        .and(with_app(app.clone()))
-        .map(|_, app: Arc<App>| {
-            let text = app.metrics.encode();
-            let reply = warp::reply::with_header(text, "content-type", metrics::CONTENT_TYPE);
-            reply.into_response()
-        });
+        .and_then(|_, app| ready(app, Readiness::Terse));
     let stream = warp::path!("stream")
         .or(warp::path!("v1" / "stream"))
         .unify()
@@ -271,7 +316,7 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
         .and(request_parts())
         .and(with_app(app.clone()))
         .and_then(resolve::handle);
-    let all = (healthz.or(readyz).unify().or(metrics).unify())
+    let all = (healthz.or(readyz).unify())
         .or(stream)
         .unify()
         .or(resolve)
@@ -289,6 +334,32 @@ pub fn routes(app: Arc<App>) -> impl Filter<Extract = (impl Reply,), Error = Inf
                 reply
             },
         )
+}
+
+/// The admin listener's surface: `/metrics` and the detailed `/readyz` (tenant names,
+/// traffic, versions: not for clients). Not counted in `http_requests_total` (scrapes are
+/// not traffic).
+pub fn admin_routes(
+    app: Arc<App>,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let readyz = warp::path!("readyz")
+        .and(get_or_head())
+        .and(with_app(app.clone()))
+        .and_then(|_, app| ready(app, Readiness::Detailed));
+    let metrics = warp::path!("metrics")
+        .and(get_or_head())
+        .and(with_app(app))
+        .map(|_, app: Arc<App>| {
+            let text = app.metrics.encode();
+            let reply = warp::reply::with_header(text, "content-type", metrics::CONTENT_TYPE);
+            reply.into_response()
+        });
+    warp::path::full()
+        .and(readyz.or(metrics).unify().recover(recover).unify())
+        .map(|path: warp::path::FullPath, mut reply| {
+            name_allowed_methods(path.as_str(), &mut reply);
+            reply
+        })
 }
 
 /// RFC 9110 §15.5.6: a 405 must name the methods the resource takes (`Allow`); `recover`
@@ -362,16 +433,26 @@ fn get_or_head() -> impl Filter<Extract = (Method,), Error = Rejection> + Clone 
         .unify()
 }
 
+/// What `/readyz` tells: the status alone (clients), or what runs and how (admin).
+#[derive(Clone, Copy)]
+enum Readiness {
+    Terse,
+    Detailed,
+}
+
 /// `/readyz`: the sidecar answers a handshake.
-async fn ready(app: Arc<App>) -> Result<warp::reply::Response, Rejection> {
+async fn ready(app: Arc<App>, readiness: Readiness) -> Result<warp::reply::Response, Rejection> {
     match app.sidecar.probe().await {
-        Ok(w) => Ok(warp::reply::json(&json!({
-            "status": "ready",
-            "sidecar": w.sidecar,
-            "yt_dlp": w.yt_dlp,
-            "egress": w.egress.as_str(),
-            "active_streams": app.drain.active(),
-        }))
+        Ok(w) => Ok(warp::reply::json(&match readiness {
+            Readiness::Terse => json!({ "status": "ready" }),
+            Readiness::Detailed => json!({
+                "status": "ready",
+                "sidecar": w.sidecar,
+                "yt_dlp": w.yt_dlp,
+                "egress": w.egress.as_str(),
+                "active_streams": app.drain.active(),
+            }),
+        })
         .into_response()),
         Err(e) => Err(warp::reject::custom(Problem {
             error: e.into(),

@@ -6,6 +6,9 @@ use std::process::Command;
 
 /// The log line's marker: `… listening on http://127.0.0.1:PORT …`.
 const LISTENING: &str = "listening on http://";
+/// The admin listener's line (logged before [`LISTENING`]'s):
+/// `… admin listener on http://127.0.0.1:PORT …`.
+const ADMIN: &str = "admin listener on http://";
 
 /// What `streamgate serve` is started with.
 #[derive(Clone, Debug, Default)]
@@ -57,9 +60,19 @@ impl Serve {
 /// The base URL (`http://127.0.0.1:PORT`) from the gateway's "listening on" log line, if the
 /// log has it yet.
 pub fn listening_url(log: &str) -> Option<String> {
+    url_after(log, LISTENING)
+}
+
+/// The admin listener's base URL (`/metrics`, the detailed `/readyz`) from its log line.
+pub fn admin_url(log: &str) -> Option<String> {
+    url_after(log, ADMIN)
+}
+
+/// The URL that starts at `marker`'s `http://` on the first line holding `marker`.
+fn url_after(log: &str, marker: &str) -> Option<String> {
     log.lines().find_map(|line| {
-        let at = line.find(LISTENING)?;
-        let url = line[at + "listening on ".len()..]
+        let at = line.find(marker)?;
+        let url = line[at + marker.len() - "http://".len()..]
             .split_whitespace()
             .next()?;
         Some(url.to_owned())
@@ -75,6 +88,9 @@ mod tests {
         let log = "INFO starting\nINFO streamgate: listening on http://127.0.0.1:4242 tenants=1\n";
         assert_eq!(listening_url(log).as_deref(), Some("http://127.0.0.1:4242"));
         assert_eq!(listening_url("INFO starting\n"), None);
+        let log = "INFO admin listener on http://127.0.0.1:4243 (/metrics, /readyz)\n";
+        assert_eq!(listening_url(log), None, "not the public line");
+        assert_eq!(admin_url(log).as_deref(), Some("http://127.0.0.1:4243"));
     }
 
     #[test]

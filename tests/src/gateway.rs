@@ -7,13 +7,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use streamgate_testkit::serve::{Serve, listening_url};
+use streamgate_testkit::serve::{Serve, admin_url, listening_url};
 
 use crate::paths::{release_bin, without_test_env, yt_dlp};
 use crate::process::{ChildGuard, ProcInfo, descendants};
 
 /// `comm` of the sidecar process (truncated by the kernel to 15 bytes).
 const SIDECAR_COMM: &str = "streamgate-side";
+
+/// Every gateway's admin listener: on a free port (tests run side by side).
+const ADMIN_LISTEN: [&str; 2] = ["--admin-listen", "127.0.0.1:0"];
 
 /// How to start a gateway; `Default` is the embedded config with private URLs allowed.
 #[derive(Clone, Debug)]
@@ -71,7 +74,7 @@ impl Gateway {
             yt_dlp: Some(yt_dlp()),
             sidecar_args: opts.sidecar_args,
             drain_secs: opts.drain_secs,
-            extra: Vec::new(),
+            extra: ADMIN_LISTEN.map(str::to_owned).to_vec(),
         };
         let mut cmd = serve.command(&release_bin("streamgate"));
         cmd.envs(opts.env);
@@ -79,7 +82,8 @@ impl Gateway {
     }
 
     /// Runs `script` (e.g. `scripts/run`, which ends in `exec streamgate serve "$@"`) with
-    /// `--listen 127.0.0.1:0 --state-dir TMP --allow-private-urls` after `args`.
+    /// `--admin-listen 127.0.0.1:0 --listen 127.0.0.1:0 --state-dir TMP --allow-private-urls`
+    /// after `args`.
     pub async fn start_script(script: &Path, args: &[&str]) -> Gateway {
         let dir = tempfile::tempdir().expect("gateway temp dir");
         let state_dir = dir.path().join("state");
@@ -87,6 +91,7 @@ impl Gateway {
         // The script runs cargo (scripts/setup).
         without_test_env(&mut cmd)
             .args(args)
+            .args(ADMIN_LISTEN)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -115,7 +120,9 @@ impl Gateway {
         };
         // Generous: `scripts/run` may have to build first.
         gw.base = gw.wait_listening(Duration::from_secs(600)).await;
-        gw.admin = gw.base.clone();
+        // Logged before the public line.
+        gw.admin = admin_url(&gw.logs())
+            .unwrap_or_else(|| panic!("no admin listener line:\n{}", gw.logs()));
         assert!(
             gw.wait_ready(Duration::from_secs(60)).await,
             "not ready:\n{}",

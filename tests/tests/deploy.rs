@@ -258,6 +258,30 @@ fn kubernetes_pods_are_locked_down_and_their_objects_agree() {
 
     // The config's Redis is the Service shipped here, and only the gateway pods reach it.
     let toml = config_map_toml(&objects);
+    // The admin listener's port: the container's `admin` port, the one Prometheus is told
+    // to scrape, not behind the Service, and open to the monitoring namespace only.
+    let admin: u64 = toml_string(&toml, "admin_listen")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("admin_listen ADDR:PORT");
+    let ports = gateway["ports"].as_array().unwrap();
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "admin" && p["containerPort"] == admin)
+    );
+    let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/port"], admin.to_string());
+    assert_eq!(service["spec"]["ports"].as_array().unwrap().len(), 1);
+    let ingress = object(&objects, "NetworkPolicy", "streamgate-ingress");
+    assert!(selects(
+        &ingress["spec"]["podSelector"]["matchLabels"],
+        labels
+    ));
+    let admin_rule = &ingress["spec"]["ingress"][1];
+    assert_eq!(admin_rule["ports"][0]["port"], admin);
+    assert!(admin_rule["from"][0]["namespaceSelector"].is_object());
     let redis = object(&objects, "Service", "streamgate-redis");
     let redis_url = format!(
         "redis://{}:{}/",

@@ -288,13 +288,11 @@ async fn every_route_answers_as_the_document_says() {
 
     let mut rec = Recorder::new(&gw);
     use Method as M;
-    // Probes and metrics.
+    // Probes (metrics are on the admin listener).
     for m in [M::GET, M::HEAD] {
         rec.send(Ask::new("liveness", m.clone(), "/healthz", 200))
             .await;
         rec.send(Ask::new("readiness", m.clone(), "/readyz", 200))
-            .await;
-        rec.send(Ask::new("metrics", m.clone(), "/metrics", 200))
             .await;
     }
 
@@ -562,12 +560,13 @@ async fn every_route_answers_as_the_document_says() {
             "method_not_allowed",
         ),
         (
-            "PUT the metrics",
-            M::PUT,
+            "metrics on the client listener",
+            M::GET,
             "/metrics",
-            405,
-            "method_not_allowed",
+            404,
+            "route_not_found",
         ),
+        ("PUT a probe", M::PUT, "/readyz", 405, "method_not_allowed"),
         (
             "DELETE a stream",
             M::DELETE,

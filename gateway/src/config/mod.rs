@@ -21,7 +21,7 @@ pub use limits::{LimitsConfig, OnLimiterError, RedisUrl, TenantLimits};
 pub use plugins::EngineSettings;
 use secrets::resolve_map;
 pub use secrets::{ConfigValue, EnvRef, FileRef};
-pub use server::ServerConfig;
+pub use server::{AdminListen, ServerConfig};
 
 /// Tenant id of the embedded default configuration.
 pub const DEFAULT_TENANT: &str = "default";

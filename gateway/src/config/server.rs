@@ -1,7 +1,10 @@
 //! `[server]`: what one client may hold of the HTTP listener — time to send a request head
 //! or a resolve body, time a response may wait on a client that reads nothing, and how many
 //! connections are open at once. Every default is finite: an unset table is still defended.
+//! Also where the admin listener (`/metrics`, the detailed `/readyz`) is, apart from clients.
 
+use std::net::{AddrParseError, SocketAddr};
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -31,6 +34,35 @@ pub struct ServerConfig {
     /// as long closes it.
     #[serde(default = "default_http2_keep_alive")]
     pub http2_keep_alive_secs: u64,
+    /// Address of the admin listener (`/metrics`, the detailed `/readyz`), or `"off"`;
+    /// loopback by default: tenant names, traffic and versions are not for clients.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: AdminListen,
+}
+
+/// `admin_listen`: an address, or `"off"` (no admin listener).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct AdminListen(pub Option<SocketAddr>);
+
+impl FromStr for AdminListen {
+    type Err = AddrParseError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(AdminListen(None)),
+            addr => addr.parse().map(|a| AdminListen(Some(a))),
+        }
+    }
+}
+
+impl TryFrom<String> for AdminListen {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+            .map_err(|e| format!("admin_listen: {e} (an address, or \"off\")"))
+    }
 }
 
 impl Default for ServerConfig {
@@ -41,6 +73,7 @@ impl Default for ServerConfig {
             resolve_body_timeout_secs: default_body_timeout(),
             max_connections: default_max_connections(),
             http2_keep_alive_secs: default_http2_keep_alive(),
+            admin_listen: default_admin_listen(),
         }
     }
 }
@@ -59,6 +92,9 @@ fn default_max_connections() -> usize {
 }
 fn default_http2_keep_alive() -> u64 {
     30
+}
+fn default_admin_listen() -> AdminListen {
+    AdminListen(Some(SocketAddr::from(([127, 0, 0, 1], 9091))))
 }
 
 impl ServerConfig {
@@ -132,5 +168,14 @@ mod tests {
             assert_eq!(err, format!("server.{field} must be at least 1"));
         }
         assert!(toml::from_str::<ServerConfig>("header_timeout_secs = 5").is_err());
+        let admin = |text: &str| toml::from_str::<ServerConfig>(text).map(|c| c.admin_listen.0);
+        assert_eq!(admin("").unwrap(), Some("127.0.0.1:9091".parse().unwrap()));
+        assert_eq!(admin("admin_listen = \"off\"").unwrap(), None);
+        assert_eq!(
+            admin("admin_listen = \"[::1]:9\"").unwrap(),
+            Some("[::1]:9".parse().unwrap())
+        );
+        let err = admin("admin_listen = \"9091\"").unwrap_err().to_string();
+        assert!(err.contains("an address, or \"off\""), "{err}");
     }
 }
