@@ -87,11 +87,17 @@ struct Links {
     size: u64,
 }
 
+/// One tenant streaming and resolving loopback fixtures; job slots and queue for every
+/// client at once (no `busy` answer), plugin calls given 500 ms rather than 50 (on a shared
+/// 2-core machine at load 20 CPU starvation alone misses 50 ms now and then: a 503 here
+/// would be the machine's, and the budget is the plugin tests' subject).
 fn config(dir: &Path) -> PathBuf {
     let key = streamgate::plugin::builtin::xchacha_generate_key();
     let text = format!(
         r#"
 default_tenant = "main"
+[plugins]
+deadline_ms = 500
 [sidecar]
 max_jobs = 16
 args = ["--queue=256"]
