@@ -11,6 +11,7 @@ use streamgate::config::Config;
 use streamgate::plugin::{PluginEngine, StreamRequest, builtin};
 use streamgate::sidecar::{SidecarClient, Supervisor, SupervisorSettings};
 use streamgate::tenant::Tenants;
+use streamgate_protocol::logline::OneLine;
 use tokio::signal::unix::{SignalKind, signal};
 
 /// After the drain deadline: time for aborted connections to close before the sidecar stops.
@@ -75,36 +76,6 @@ fn init_tracing(quiet: bool, format: LogFormat) {
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
         LogFormat::Json => logs.json().init(),
-    }
-}
-
-/// Writes one formatted event (tracing-subscriber writes each in one call) with every
-/// control character but its final newline, tabs and the ESC of colours written as `\xNN`:
-/// text a client controls (a resolve body's field name in a parse error, a plugin's message)
-/// cannot start a forged line. tracing-subscriber already escapes ESC inside values.
-struct OneLine<W>(W);
-
-impl<W: std::io::Write> std::io::Write for OneLine<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let (body, end): (&[u8], &[u8]) = match buf.strip_suffix(b"\n") {
-            Some(body) => (body, b"\n"),
-            None => (buf, b""),
-        };
-        let mut line = Vec::with_capacity(buf.len() + 16);
-        for &b in body {
-            match b {
-                b'\t' | 0x1b => line.push(b),
-                b if b < 0x20 || b == 0x7f => line.extend(format!("\\x{b:02x}").bytes()),
-                _ => line.push(b),
-            }
-        }
-        line.extend_from_slice(end);
-        self.0.write_all(&line)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()
     }
 }
 

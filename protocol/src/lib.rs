@@ -4,6 +4,7 @@
 mod codec;
 mod frame;
 pub mod input;
+pub mod logline;
 
 pub use codec::{FrameCodec, MAX_DATA_LEN, MAX_FRAME_LEN, ProtocolError};
 pub use frame::{

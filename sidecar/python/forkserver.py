@@ -8,8 +8,9 @@
 # their real exit status and reaps them. A worker that takes a job calls setsid (its own
 # process group, killed as one on cancel), dup2s the pipes it got over SCM_RIGHTS onto
 # 1, 2, 3, 4, acks its pid on the job's status socket, joins the job's network namespace
-# (netns mode: the fd sent last), moves into the job's own directory and runs
-# yt_dlp.main(argv). Run as `python -I`: nothing is imported from a cwd.
+# (netns mode: the fd sent last), takes the job's rlimits and no_new_privs (confine.rs),
+# moves into the job's own directory and runs yt_dlp.main(argv). Run as `python -I`:
+# nothing is imported from a cwd.
 #
 # argv: IDLE FFMPEG_LOCATION ('' for none). cwd and environment are the jobs' own.
 import ctypes
@@ -19,6 +20,7 @@ import gc
 import inspect
 import json
 import os
+import resource
 import select
 import signal
 import socket
@@ -28,7 +30,7 @@ import traceback
 
 JOB_FD = 3
 REFILL_DELAY = 0.3  # seconds
-PR_SET_NAME, PR_SET_PDEATHSIG = 15, 1
+PR_SET_NAME, PR_SET_PDEATHSIG, PR_SET_NO_NEW_PRIVS = 15, 1, 38
 CLONE_NEWNET = 0x40000000
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -387,6 +389,14 @@ def worker(yt_dlp, jobs, notify_w, intermediate, sidecar):
                   file=sys.stderr, flush=True)
             os._exit(1)
         os.close(netns)
+    try:  # the job's limits (confine.rs): after setns, which they do not hinder
+        for name, soft, hard in job['limits']:
+            resource.setrlimit(getattr(resource, 'RLIMIT_' + name), (soft, hard))
+        if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), 'prctl(PR_SET_NO_NEW_PRIVS)')
+    except (OSError, ValueError) as e:
+        print(f'ERROR: cannot confine the job: {e}', file=sys.stderr, flush=True)
+        os._exit(1)
     os.chdir(job['cwd'])
     os.environ.update(job['env'])
     os._exit(run(yt_dlp, job['argv']))

@@ -3,6 +3,7 @@
 //! yt-dlp has no machine-readable errors; its `ERROR:` lines are stable enough in practice
 //! and the tests below pin the exact lines of the pinned version.
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 
 use streamgate_protocol::{ErrorCode, JobError};
@@ -48,6 +49,16 @@ const RULES: &[(&str, ErrorCode)] = &[
 /// process had to be killed. Any other `ERROR:` is an upstream failure (a site or network
 /// problem); a failure without one is `internal` (yt-dlp crashed or was killed).
 pub fn classify(stderr: &str, status: Option<ExitStatus>) -> JobError {
+    // Past a limit of its confinement (confine.rs): Python's allocation fails, or the kernel
+    // ends the process at its CPU time.
+    if stderr.contains("MemoryError") {
+        let msg = "the job ran out of memory (its address space limit, --job-memory-mib)";
+        return JobError::new(ErrorCode::Internal, msg);
+    }
+    if status.and_then(|s| s.signal()) == Some(libc::SIGXCPU) {
+        let msg = "the job used up its CPU time (--job-cpu-secs)";
+        return JobError::new(ErrorCode::Internal, msg);
+    }
     let first_error = stderr.lines().find_map(|line| line.strip_prefix("ERROR: "));
     for (pattern, code) in RULES {
         if stderr.contains(pattern) {
@@ -100,6 +111,16 @@ fn trim(line: &str) -> String {
 mod tests {
     use super::*;
     use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn past_a_limit_of_the_confinement() {
+        let oom = "Traceback (most recent call last):\n  File \"x\", line 1\nMemoryError\n";
+        let e = classify(oom, Some(ExitStatus::from_raw(1 << 8)));
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(e.message.contains("--job-memory-mib"), "{e:?}");
+        let e = classify("", Some(ExitStatus::from_raw(libc::SIGXCPU)));
+        assert!(e.message.contains("--job-cpu-secs"), "{e:?}");
+    }
 
     fn code(stderr: &str) -> (ErrorCode, String) {
         let e = classify(stderr, Some(ExitStatus::from_raw(1 << 8)));

@@ -6,6 +6,7 @@
 
 mod cache;
 mod classify;
+mod confine;
 mod conn;
 mod egress;
 mod extract;
@@ -14,6 +15,7 @@ mod job;
 mod launch;
 mod mux;
 mod native;
+mod peer;
 mod pool;
 mod proc;
 mod resolve;
@@ -30,6 +32,7 @@ use std::time::Duration;
 
 pub use cache::{Cache, CacheLimits};
 pub use classify::{classify, merge_refused};
+pub use confine::Confinement;
 pub use egress::netns::enter_user_namespace;
 pub use server::{Server, bind_socket};
 pub use sniff::{Sniffed, sniff};
@@ -44,6 +47,8 @@ pub struct Config {
     pub socket_group: Option<String>,
     /// Streams open at once, whatever moves their bytes (each holds memory and sockets).
     pub max_streams: usize,
+    /// Uids allowed to connect besides the sidecar's own (`SO_PEERCRED` of every connection).
+    pub allow_uids: Vec<u32>,
     /// yt-dlp extractions running at once (each a Python worker busy on a CPU).
     pub max_extractions: usize,
     /// yt-dlp downloads and ffmpeg merges running at once (each holds processes).
@@ -74,6 +79,8 @@ pub struct Config {
     pub pool_idle: usize,
     /// The extraction cache's bounds (ttl zero: no cache).
     pub cache: CacheLimits,
+    /// The limits every job process (yt-dlp, ffmpeg) runs under.
+    pub confinement: Confinement,
 }
 
 /// Whether jobs run in network namespaces of their own (`EgressMode::Netns`).

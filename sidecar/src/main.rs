@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use streamgate_sidecar::{CacheLimits, Config, Netns, Server, default_yt_dlp};
+use streamgate_protocol::logline::OneLine;
+use streamgate_sidecar::{CacheLimits, Config, Confinement, Netns, Server, default_yt_dlp};
 
 /// Runs yt-dlp jobs for the gateway over a Unix socket (docs/protocol.md).
 #[derive(Parser, Debug)]
@@ -17,6 +18,10 @@ struct Args {
     /// Group allowed to connect besides the owner.
     #[arg(long)]
     socket_group: Option<String>,
+    /// Uid allowed to connect besides the sidecar's own (repeatable): every connection's
+    /// peer credentials are checked, whatever the socket's mode lets through.
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
     /// Streams open at once, whatever moves their bytes. A stream the sidecar moves itself
     /// costs memory and sockets only (well under 1 MiB), so the cap is large.
     #[arg(long, default_value_t = 1024)]
@@ -71,6 +76,17 @@ struct Args {
     /// a burst finds a worker per extraction slot instead of waiting for forks).
     #[arg(long)]
     pool_idle: Option<usize>,
+    /// Address space of each job process (yt-dlp, ffmpeg), MiB. A pool worker starts from
+    /// the forkserver's ≈ 80 MiB; an extraction or a merge stays well under 1 GiB.
+    #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(16..=1 << 24))]
+    job_memory_mib: u64,
+    /// CPU seconds of each job process: a yt-dlp relaying a long download, or ffmpeg
+    /// merging one, uses a few percent of a core.
+    #[arg(long, default_value_t = 3600, value_parser = clap::value_parser!(u64).range(1..))]
+    job_cpu_secs: u64,
+    /// Open descriptors of each job process.
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
+    job_open_files: u64,
     /// Seconds a resolve's info is reused by streams of the same URL; 0 disables.
     #[arg(long, default_value_t = 60.0)]
     cache_ttl: f64,
@@ -102,11 +118,13 @@ fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before any thread exists: a user namespace can only be entered single-threaded.
-    // (Not with --socket-group: that group would not be mapped into the namespace.)
-    let userns = match (&args.socket_group, args.no_netns) {
-        (None, false) => streamgate_sidecar::enter_user_namespace(),
-        (Some(_), _) => Err(std::io::Error::other("--socket-group is set")),
-        (_, true) => Err(std::io::Error::other("--no-netns")),
+    // (Not with --socket-group or --allow-uid: that group or uid would not be mapped into
+    // the namespace, and every unmapped peer would show as the same overflow uid.)
+    let userns = match (&args.socket_group, args.allow_uid.is_empty(), args.no_netns) {
+        (None, true, false) => streamgate_sidecar::enter_user_namespace(),
+        (Some(_), _, _) => Err(std::io::Error::other("--socket-group is set")),
+        (_, false, _) => Err(std::io::Error::other("--allow-uid is set")),
+        (_, _, true) => Err(std::io::Error::other("--no-netns")),
     };
     tokio::runtime::Runtime::new()
         .context("starting the async runtime")?
@@ -116,10 +134,11 @@ fn main() -> anyhow::Result<()> {
 async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: the gateway's log file gets plain lines.
+    // Colours only on a terminal: the gateway's log file gets plain lines, escaped like the
+    // gateway's own (one format in one file).
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| OneLine(std::io::stderr()))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if args.log_json {
         logs.json().init();
@@ -141,6 +160,7 @@ async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
     let config = Config {
         socket: args.socket,
         socket_group: args.socket_group,
+        allow_uids: args.allow_uid,
         max_streams: args.max_streams,
         max_extractions,
         max_jobs: args.max_jobs,
@@ -162,6 +182,11 @@ async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
             0
         } else {
             args.pool_idle.unwrap_or(max_extractions).max(1)
+        },
+        confinement: Confinement {
+            address_space: args.job_memory_mib << 20,
+            cpu_secs: args.job_cpu_secs,
+            open_files: args.job_open_files,
         },
         cache: CacheLimits {
             ttl: secs("cache-ttl", args.cache_ttl)?,

@@ -94,8 +94,9 @@ pub(crate) fn merge(
         .process_group(0)
         .kill_on_drop(true);
     let raw: Vec<i32> = reads.iter().map(AsRawFd::as_raw_fd).collect();
-    let ns = place.ns;
-    // SAFETY: only async-signal-safe calls between fork and exec (setns, fcntl, dup2, prctl).
+    let (ns, confine) = (place.ns, place.confine);
+    // SAFETY: only async-signal-safe calls between fork and exec (setns, fcntl, dup2, prctl,
+    // setrlimit).
     unsafe {
         cmd.pre_exec(move || {
             if let Some(ns) = ns {
@@ -116,7 +117,7 @@ pub(crate) fn merge(
                 }
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
+            confine.apply()
         });
     }
     let mut child = cmd.spawn()?;

@@ -255,6 +255,7 @@ impl Pool {
             "cwd": place.dir.to_str()?,
             "env": env,
             "netns": place.ns.is_some(),
+            "limits": place.confine.rlimits(),
         })
         .to_string();
         let rights = [ControlMessage::ScmRights(&fds)];

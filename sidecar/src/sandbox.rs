@@ -10,6 +10,7 @@ use std::sync::Arc;
 use streamgate_protocol::{EgressMode, ErrorCode, JobError};
 
 use crate::Error;
+use crate::confine::Confinement;
 use crate::egress::Egress;
 use crate::egress::netns::JobNet;
 use crate::egress::proxy::JobProxy;
@@ -21,11 +22,18 @@ pub(crate) struct Sandbox {
     ns: Option<OwnedFd>,
     proxy: JobProxy,
     egress: Arc<Egress>,
+    confine: Confinement,
 }
 
 impl Sandbox {
-    /// Makes the job's directory under `root` (mode 0700, a random name) and its network.
-    pub fn new(root: &Path, mode: EgressMode, egress: Arc<Egress>) -> Result<Sandbox, Error> {
+    /// Makes the job's directory under `root` (mode 0700, a random name) and its network;
+    /// its processes will run under `confine`.
+    pub fn new(
+        root: &Path,
+        mode: EgressMode,
+        egress: Arc<Egress>,
+        confine: Confinement,
+    ) -> Result<Sandbox, Error> {
         let dir = root.join(format!("job-{:016x}", crate::egress::random_u128() as u64));
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -41,6 +49,7 @@ impl Sandbox {
             ns: net.ns,
             proxy,
             egress,
+            confine,
         })
     }
 
@@ -66,6 +75,7 @@ impl Sandbox {
         Place {
             dir: &self.dir,
             ns: self.ns(),
+            confine: self.confine,
         }
     }
 

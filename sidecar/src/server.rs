@@ -22,6 +22,7 @@ use crate::conn::{Rx, Shared, Tx};
 use crate::egress::{Egress, EgressError, Rules, Upstream, netns};
 use crate::job::{self, Outcome, peer_ended, peer_event};
 use crate::native::Want;
+use crate::peer::Peers;
 use crate::pool::Pool;
 use crate::sandbox::Sandbox;
 use crate::slots::{Refused, Slots};
@@ -37,6 +38,8 @@ const SOCKET_CHECK: Duration = Duration::from_secs(1);
 /// A bound, ready sidecar.
 pub struct Server {
     listener: UnixListener,
+    /// Who may connect.
+    peers: Peers,
     shared: Arc<Shared>,
     /// A work dir we made ourselves and remove on exit.
     own_work_dir: Option<PathBuf>,
@@ -166,6 +169,7 @@ impl Server {
         });
         Ok(Server {
             listener,
+            peers: Peers::new(&shared.config.allow_uids),
             shared,
             own_work_dir: own.then_some(work_dir),
         })
@@ -205,6 +209,7 @@ impl Server {
                 _ = int.recv() => break,
                 _ = socket_check.tick() => self.rebind_if_gone(),
                 accepted = self.listener.accept() => match accepted {
+                    Ok((stream, _)) if !self.peers.admit(&stream) => drop(stream),
                     Ok((stream, _)) => {
                         let shared = Arc::clone(&self.shared);
                         tracker.spawn(serve(shared, stream));
@@ -419,7 +424,8 @@ async fn run_job(shared: &Shared, job: Job<'_>, tx: &mut Tx, rx: &mut Rx) -> Out
         },
         Kind::Resolve { .. } => None,
     };
-    let sandbox = match Sandbox::new(&shared.work_dir, shared.welcome.egress, egress) {
+    let confine = shared.config.confinement;
+    let sandbox = match Sandbox::new(&shared.work_dir, shared.welcome.egress, egress, confine) {
         Ok(s) => s,
         Err(e) => {
             error!("{e}");

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::process::Command;
 
 use crate::Error;
+use crate::confine::Confinement;
 use crate::proc::{Ends, Leader, Proc, job_pipes, raw};
 
 /// Where yt-dlp's `before_dl` info line is written: an extra pipe, not a file.
@@ -71,11 +72,13 @@ pub struct YtDlp {
     env: Vec<(OsString, OsString)>,
 }
 
-/// Where one job's process runs: its own directory and, in netns mode, its namespace.
+/// Where one job's process runs: its own directory, in netns mode its namespace, and under
+/// which limits.
 #[derive(Clone, Copy, Debug)]
 pub struct Place<'a> {
     pub dir: &'a Path,
     pub ns: Option<i32>,
+    pub confine: Confinement,
 }
 
 impl Place<'_> {
@@ -284,9 +287,9 @@ impl YtDlp {
             .stderr(Stdio::from(stderr))
             .process_group(0);
         let moves = [(raw(&meta), META_FD), (raw(&info), INFO_FD)];
-        let ns = place.ns;
+        let (ns, confine) = (place.ns, place.confine);
         // SAFETY: between fork and exec only async-signal-safe calls (setns, dup2, fcntl,
-        // prctl).
+        // prctl, setrlimit).
         unsafe {
             cmd.pre_exec(move || {
                 if let Some(ns) = ns {
@@ -312,7 +315,7 @@ impl YtDlp {
                 }
                 // yt-dlp dies with the sidecar even if the sidecar is SIGKILLed.
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
+                confine.apply()
             });
         }
         let child = cmd.spawn().map_err(Error::Spawn)?;

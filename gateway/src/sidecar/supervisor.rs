@@ -1,6 +1,9 @@
 //! Runs the sidecar process: restarts it with backoff when it dies, stops it (SIGTERM, then
-//! SIGKILL after a grace period) when the gateway stops.
+//! SIGKILL after a grace period) when the gateway stops. It starts with a cleared
+//! environment: the gateway's secrets (`{ env = … }` values, whatever else its environment
+//! holds) never reach the sidecar nor yt-dlp and ffmpeg.
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -105,6 +108,8 @@ fn spawn(settings: &SupervisorSettings) -> std::io::Result<Child> {
     cmd.arg("--socket")
         .arg(&settings.socket)
         .args(&settings.args)
+        .env_clear()
+        .envs(environment(&settings.args, std::env::vars_os()))
         .stdin(Stdio::null())
         // Its own process group: a Ctrl-C on the terminal reaches the gateway only, which
         // drains its streams first and then stops the sidecar itself.
@@ -123,6 +128,40 @@ fn spawn(settings: &SupervisorSettings) -> std::io::Result<Child> {
     cmd.spawn()
 }
 
+/// What the sidecar needs of the gateway's environment: where programs are (PATH), the
+/// locale and time zone, the temp dir, its log settings; and the variables its arguments
+/// pass on to yt-dlp by name (`--pass-env NAME`, e.g. a proxy the operator chose). Nothing
+/// else: whatever the gateway was given (secrets included) stays with it.
+fn environment(
+    args: &[String],
+    vars: impl Iterator<Item = (OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
+    const KEEP: &[&str] = &[
+        "PATH",
+        "LANG",
+        "TZ",
+        "TMPDIR",
+        "RUST_LOG",
+        "RUST_BACKTRACE",
+        "RUST_LIB_BACKTRACE",
+        "NO_COLOR",
+    ];
+    let mut passed = Vec::new();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.strip_prefix("--pass-env") {
+            Some("") => passed.extend(args.next().map(String::as_str)),
+            Some(named) => passed.extend(named.strip_prefix('=')),
+            None => {}
+        }
+    }
+    vars.filter(|(name, _)| {
+        let name = name.to_str().unwrap_or_default();
+        KEEP.contains(&name) || name.starts_with("LC_") || passed.contains(&name)
+    })
+    .collect()
+}
+
 async fn terminate(child: &mut Child, grace: Duration) {
     if let Some(id) = child.id() {
         let pid = nix::unistd::Pid::from_raw(id as i32);
@@ -134,4 +173,36 @@ async fn terminate(child: &mut Child, grace: Duration) {
         tracing::warn!(pid = id, "sidecar did not stop in time; killing it");
     }
     let _ = child.kill().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_allowlist_and_passed_names_are_kept() {
+        let vars = [
+            "PATH",
+            "LC_ALL",
+            "TZ",
+            "MEDIA_TOKEN_KEYS",
+            "HTTPS_PROXY",
+            "NO_PROXY",
+            "AWS_SECRET",
+        ]
+        .map(|n| (OsString::from(n), OsString::from("v")));
+        let args = [
+            "--max-jobs",
+            "2",
+            "--pass-env",
+            "HTTPS_PROXY",
+            "--pass-env=NO_PROXY",
+        ]
+        .map(String::from);
+        let kept: Vec<_> = environment(&args, vars.into_iter())
+            .into_iter()
+            .map(|(n, _)| n.into_string().unwrap())
+            .collect();
+        assert_eq!(kept, ["PATH", "LC_ALL", "TZ", "HTTPS_PROXY", "NO_PROXY"]);
+    }
 }
