@@ -34,6 +34,8 @@ pub use cache::{Cache, CacheLimits};
 pub use classify::{classify, merge_refused};
 pub use confine::Confinement;
 pub use egress::netns::enter_user_namespace;
+/// The HLS playlist parser, public only for its fuzz target (`fuzz/`).
+pub use fetch::hls::Playlist;
 pub use server::{Server, bind_socket};
 pub use sniff::{Sniffed, sniff};
 pub use ytdlp::{STREAM_DOWNLOADERS, YtDlp, default_yt_dlp};
@@ -45,10 +47,10 @@ pub struct Config {
     pub socket: PathBuf,
     /// Group that may also connect (socket mode 0660 instead of 0600).
     pub socket_group: Option<String>,
-    /// Streams open at once, whatever moves their bytes (each holds memory and sockets).
-    pub max_streams: usize,
     /// Uids allowed to connect besides the sidecar's own (`SO_PEERCRED` of every connection).
     pub allow_uids: Vec<u32>,
+    /// Streams open at once, whatever moves their bytes (each holds memory and sockets).
+    pub max_streams: usize,
     /// yt-dlp extractions running at once (each a Python worker busy on a CPU).
     pub max_extractions: usize,
     /// yt-dlp downloads and ffmpeg merges running at once (each holds processes).
@@ -77,10 +79,10 @@ pub struct Config {
     pub pass_env: Vec<String>,
     /// Idle pre-forked workers of the warm pool; 0 disables the pool (every job spawns).
     pub pool_idle: usize,
-    /// The extraction cache's bounds (ttl zero: no cache).
-    pub cache: CacheLimits,
     /// The limits every job process (yt-dlp, ffmpeg) runs under.
     pub confinement: Confinement,
+    /// The extraction cache's bounds (ttl zero: no cache).
+    pub cache: CacheLimits,
 }
 
 /// Whether jobs run in network namespaces of their own (`EgressMode::Netns`).
@@ -143,5 +145,3 @@ pub enum Error {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
 }
-/// The HLS playlist parser, public only for its fuzz target (`fuzz/`).
-pub use fetch::hls::Playlist;
