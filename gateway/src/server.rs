@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 use tokio::time::Sleep;
 use tokio_util::sync::CancellationToken;
 use warp::host::Authority;
-use warp::http::{Method, Request};
+use warp::http::{Method, Request, Version};
 use warp::{Filter, Rejection, Reply};
 
 use crate::app::App;
@@ -120,13 +120,21 @@ async fn serve<M, S>(
         };
         let open = metrics.as_ref().map(Metrics::connection);
         let asked = CancellationToken::new();
+        let stalled = CancellationToken::new();
         let svc = service();
         let svc = {
-            let asked = asked.clone();
+            let (asked, stalled) = (asked.clone(), stalled.clone());
+            let (limit, metrics) = (settings.idle_write_timeout(), metrics.clone());
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 asked.cancel();
                 req.extensions_mut().insert(ClientAddr(remote));
-                svc.call(req)
+                let watch = (req.version() == Version::HTTP_2)
+                    .then(|| FlowStall::watch(limit, stalled.clone(), metrics.clone()));
+                let answer = svc.call(req);
+                async move {
+                    let resp = answer.await?;
+                    Ok::<_, Infallible>(resp.map(|body| WatchedBody { body, watch }))
+                }
             })
         };
         let watcher = graceful.watcher();
@@ -158,6 +166,8 @@ async fn serve<M, S>(
                     connection_error(metrics.as_ref(), &*err);
                 },
                 true = no_request => timed_out(metrics.as_ref(), "header"),
+                // Dropping the connection drops its responses' bodies: jobs cancelled.
+                () = stalled.cancelled() => tracing::debug!("HTTP/2 connection closed: a stream took no byte"),
             }
         });
     }
@@ -242,6 +252,80 @@ impl WriteStall {
             io::ErrorKind::TimedOut,
             format!("the client took no byte for {} s", limit.as_secs()),
         )))
+    }
+}
+
+/// The HTTP/2 share of the idle-write timeout. A client that stops granting flow-control
+/// window to one stream makes hyper stop polling that stream's body with no socket write
+/// pending, so [`WriteStall`] never sees it. A watchdog per HTTP/2 response measures how long
+/// the body has waited to be polled again after handing over data (a body waiting on the
+/// sidecar is not stalled: hyper polled it); past the timeout it closes the connection — the
+/// one way to reach a body hyper no longer polls — and with it the connection's streams.
+struct FlowStall {
+    /// When the body last handed over data and has not been polled since; `None` otherwise.
+    handed: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl FlowStall {
+    /// A clock for one response, and its watchdog: it ends with the response's body.
+    fn watch(limit: Duration, stalled: CancellationToken, metrics: Option<Metrics>) -> Arc<Self> {
+        let clock = Arc::new(FlowStall {
+            handed: std::sync::Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&clock);
+        let check = (limit / 4).max(Duration::from_millis(100));
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(check) => {}
+                    () = stalled.cancelled() => return,
+                }
+                let Some(clock) = weak.upgrade() else { return };
+                let waited = clock.lock().map(|since| since.elapsed());
+                if waited.is_some_and(|w| w >= limit) {
+                    timed_out(metrics.as_ref(), "idle_write");
+                    stalled.cancel();
+                    return;
+                }
+            }
+        });
+        clock
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.handed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A response body, with [`FlowStall`]'s clock when it goes out over HTTP/2.
+struct WatchedBody<B> {
+    body: B,
+    watch: Option<Arc<FlowStall>>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for WatchedBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        if let Some(clock) = &this.watch {
+            let handed = matches!(&polled, Poll::Ready(Some(Ok(f))) if f.is_data());
+            *clock.lock() = handed.then(tokio::time::Instant::now);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

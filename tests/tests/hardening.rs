@@ -385,6 +385,56 @@ async fn a_client_that_stops_reading_loses_its_stream_and_frees_its_job() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_http2_stream_whose_client_stops_reading_is_cut_and_frees_its_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(
+        dir.path(),
+        "idle_write_timeout_secs = 2",
+        "max_jobs = 1",
+        "",
+    );
+    let gw = start(&config).await;
+    let stream = link(&gw, &config, &large_url());
+    let path = &stream[stream.find("/stream").unwrap()..];
+    // Prior-knowledge h2c. The connection task keeps answering pings and settings; only the
+    // stream's window is never given back, so no socket write of the gateway ever waits.
+    let tcp = TcpStream::connect(addr(&gw)).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(tcp).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let request = warp::http::Request::get(format!("http://127.0.0.1{path}"))
+        .body(())
+        .unwrap();
+    let (answer, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(BOUND, answer).await.unwrap().unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let first = tokio::time::timeout(BOUND, body.data()).await.unwrap();
+    assert!(!first.unwrap().unwrap().is_empty());
+    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 1.0).await;
+    await_metric(
+        &gw,
+        "streamgate_connections_timed_out_total",
+        "kind=\"idle_write\"",
+        1.0,
+    )
+    .await;
+    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 0.0).await;
+    assert!(
+        wait_until(BOUND, || gw.logs().contains("client left; job cancelled")).await,
+        "{}",
+        gw.logs()
+    );
+    // The gateway closed the connection: the client's connection task ends.
+    tokio::time::timeout(BOUND, conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .ok();
+    // The one job slot is free again: a new client gets a whole file.
+    serves_a_whole_file(&gw, &config).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_resolve_body_that_never_ends_gets_408() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "resolve_body_timeout_secs = 1", "", "");
