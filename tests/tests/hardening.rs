@@ -363,21 +363,8 @@ async fn a_client_that_stops_reading_loses_its_stream_and_frees_its_job() {
         .unwrap();
     let head = String::from_utf8_lossy(&head[..n]);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 1.0).await;
     // It reads nothing more: the gateway's writes stall, and after 2 s the stream is cut.
-    await_metric(
-        &gw,
-        "streamgate_connections_timed_out_total",
-        "kind=\"idle_write\"",
-        1.0,
-    )
-    .await;
-    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 0.0).await;
-    assert!(
-        wait_until(BOUND, || gw.logs().contains("client left; job cancelled")).await,
-        "{}",
-        gw.logs()
-    );
+    stream_cut_by_the_idle_write_timeout(&gw).await;
     // What the client still finds is a cut body, then the close.
     until_closed(&mut stalled).await;
     // The one job slot is free again: a new client gets a whole file.
@@ -410,20 +397,7 @@ async fn an_http2_stream_whose_client_stops_reading_is_cut_and_frees_its_job() {
     let mut body = response.into_body();
     let first = tokio::time::timeout(BOUND, body.data()).await.unwrap();
     assert!(!first.unwrap().unwrap().is_empty());
-    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 1.0).await;
-    await_metric(
-        &gw,
-        "streamgate_connections_timed_out_total",
-        "kind=\"idle_write\"",
-        1.0,
-    )
-    .await;
-    await_metric(&gw, "streamgate_active_streams", "tenant=\"main\"", 0.0).await;
-    assert!(
-        wait_until(BOUND, || gw.logs().contains("client left; job cancelled")).await,
-        "{}",
-        gw.logs()
-    );
+    stream_cut_by_the_idle_write_timeout(&gw).await;
     // The gateway closed the connection: the client's connection task ends.
     tokio::time::timeout(BOUND, conn)
         .await
@@ -472,6 +446,25 @@ async fn a_stream_past_its_tenants_maximum_duration_is_cut_and_its_job_freed() {
 }
 
 /// A new client of `gw` gets the whole progressive fixture, byte for byte.
+/// The one stream of tenant `main` runs, is cut by the idle-write timeout, and its job is
+/// cancelled.
+async fn stream_cut_by_the_idle_write_timeout(gw: &Gateway) {
+    await_metric(gw, "streamgate_active_streams", "tenant=\"main\"", 1.0).await;
+    await_metric(
+        gw,
+        "streamgate_connections_timed_out_total",
+        "kind=\"idle_write\"",
+        1.0,
+    )
+    .await;
+    await_metric(gw, "streamgate_active_streams", "tenant=\"main\"", 0.0).await;
+    assert!(
+        wait_until(BOUND, || gw.logs().contains("client left; job cancelled")).await,
+        "{}",
+        gw.logs()
+    );
+}
+
 async fn serves_a_whole_file(gw: &Gateway, config: &Path) {
     let url = link(gw, config, &server().url("progressive.mp4"));
     let got = blocking(move || curl(&[], &url)).await;
