@@ -40,7 +40,9 @@ pub(crate) struct Slots {
 
 impl Slots {
     pub fn new(config: &Config) -> Slots {
-        let gate = |what, flag, limit, share| Gate::new(what, flag, limit, share, config);
+        let gate = |what, flag, limit, share| {
+            Gate::new(what, flag, limit, share, config.queue, config.queue_timeout)
+        };
         let share = Some(config.tenant_share);
         Slots {
             streams: gate("stream", "--max-streams", config.max_streams, share),
@@ -199,7 +201,8 @@ impl Gate {
         flag: &'static str,
         limit: usize,
         share: Option<u8>,
-        config: &Config,
+        queue: usize,
+        timeout: Duration,
     ) -> Gate {
         let state = State {
             free: limit,
@@ -214,8 +217,8 @@ impl Gate {
             flag,
             limit,
             share,
-            queue: config.queue,
-            timeout: config.queue_timeout,
+            queue,
+            timeout,
             state: Arc::new(Mutex::new(state)),
         }
     }
@@ -365,23 +368,14 @@ mod tests {
     use super::*;
 
     fn gate(limit: usize, share: Option<u8>, queue: usize, timeout: Duration) -> Arc<Gate> {
-        let state = State {
-            free: limit,
-            quota: share.map_or(limit, |p| quota(limit, p)),
-            tenants: HashMap::new(),
-            turns: VecDeque::new(),
-            waiting: 0,
-            next_id: 0,
-        };
-        Arc::new(Gate {
-            what: "thing",
-            flag: "--max-things",
+        Arc::new(Gate::new(
+            "thing",
+            "--max-things",
             limit,
             share,
             queue,
             timeout,
-            state: Arc::new(Mutex::new(state)),
-        })
+        ))
     }
 
     fn busy<P>(r: Result<Slot, Refused<P>>) -> String {
