@@ -49,15 +49,8 @@ const RULES: &[(&str, ErrorCode)] = &[
 /// process had to be killed. Any other `ERROR:` is an upstream failure (a site or network
 /// problem); a failure without one is `internal` (yt-dlp crashed or was killed).
 pub fn classify(stderr: &str, status: Option<ExitStatus>) -> JobError {
-    // Past a limit of its confinement (confine.rs): Python's allocation fails, or the kernel
-    // ends the process at its CPU time.
-    if stderr.contains("MemoryError") {
-        let msg = "the job ran out of memory (its address space limit, --job-memory-mib)";
-        return JobError::new(ErrorCode::Internal, msg);
-    }
-    if status.and_then(|s| s.signal()) == Some(libc::SIGXCPU) {
-        let msg = "the job used up its CPU time (--job-cpu-secs)";
-        return JobError::new(ErrorCode::Internal, msg);
+    if let Some(limit) = past_a_limit(stderr, status) {
+        return limit;
     }
     let first_error = stderr.lines().find_map(|line| line.strip_prefix("ERROR: "));
     for (pattern, code) in RULES {
@@ -84,6 +77,43 @@ pub fn classify(stderr: &str, status: Option<ExitStatus>) -> JobError {
         None => "yt-dlp did not exit and was killed".to_owned(),
     };
     JobError::new(ErrorCode::Internal, message)
+}
+
+/// Signs that a job process (yt-dlp or ffmpeg) hit a limit of its confinement (confine.rs),
+/// and the flag that sets it: an allocation refused (Python's `MemoryError`, the dynamic
+/// loader unable to map a library, `ENOMEM`'s text), no descriptor left, or the kernel's
+/// signal at the CPU limit. The operator learns which flag to raise.
+const LIMITS: &[(&str, &str)] = &[
+    (
+        "MemoryError",
+        "ran out of memory (its address space limit, --job-memory-mib)",
+    ),
+    (
+        "failed to map segment from shared object",
+        "ran out of memory (its address space limit, --job-memory-mib)",
+    ),
+    (
+        "Cannot allocate memory",
+        "ran out of memory (its address space limit, --job-memory-mib)",
+    ),
+    (
+        "Too many open files",
+        "ran out of file descriptors (--job-open-files)",
+    ),
+];
+
+/// The failure of a job process past a limit of its confinement, if that is what `stderr`
+/// and `status` show; `internal`: the sidecar's settings, not the media, are the cause.
+pub(crate) fn past_a_limit(stderr: &str, status: Option<ExitStatus>) -> Option<JobError> {
+    if status.and_then(|s| s.signal()) == Some(libc::SIGXCPU) {
+        let msg = "the job used up its CPU time (--job-cpu-secs)";
+        return Some(JobError::new(ErrorCode::Internal, msg));
+    }
+    let (_, what) = LIMITS.iter().find(|(sign, _)| stderr.contains(sign))?;
+    Some(JobError::new(
+        ErrorCode::Internal,
+        format!("the job {what}"),
+    ))
 }
 
 /// Drops the `WARNING:`/`ERROR:` prefix, yt-dlp's exception chain and bug-report footer,
@@ -120,6 +150,14 @@ mod tests {
         assert!(e.message.contains("--job-memory-mib"), "{e:?}");
         let e = classify("", Some(ExitStatus::from_raw(libc::SIGXCPU)));
         assert!(e.message.contains("--job-cpu-secs"), "{e:?}");
+        // ffmpeg under a too small address space: the loader's line, exit 127.
+        let ld = "ffmpeg: error while loading shared libraries: libx265.so.199: failed to map segment from shared object\n";
+        let e = past_a_limit(ld, Some(ExitStatus::from_raw(127 << 8))).expect("a limit");
+        assert_eq!(e.code, ErrorCode::Internal);
+        assert!(e.message.contains("--job-memory-mib"), "{e:?}");
+        let e = past_a_limit("pipe:3: Too many open files\n", None).expect("a limit");
+        assert!(e.message.contains("--job-open-files"), "{e:?}");
+        assert!(past_a_limit("pipe:3: Invalid data found when processing input\n", None).is_none());
     }
 
     fn code(stderr: &str) -> (ErrorCode, String) {

@@ -229,9 +229,11 @@ impl Merge {
                         while self.pumps.try_join_next().is_some() {}
                         let log = self.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
                         let why = String::from_utf8_lossy(&log).trim().to_owned();
-                        self.fail(FetchError::Http(format!(
-                            "ffmpeg failed ({other:?}): {why}"
-                        )))
+                        let status = other.as_ref().ok().copied();
+                        self.fail(match crate::classify::past_a_limit(&why, status) {
+                            Some(limit) => FetchError::Confined(limit),
+                            None => FetchError::Http(format!("ffmpeg failed ({other:?}): {why}")),
+                        })
                     }
                 }
             }

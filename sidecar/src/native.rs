@@ -402,6 +402,9 @@ fn over(max: u64) -> JobError {
 
 /// A fetch failure as the client is told it.
 pub(crate) fn job_error(e: &FetchError) -> JobError {
+    if let FetchError::Confined(limit) = e {
+        return limit.clone();
+    }
     let code = match e {
         FetchError::Egress(crate::egress::EgressError::Denied(_)) => ErrorCode::EgressDenied,
         FetchError::Status(s) if s.as_u16() == 404 || s.as_u16() == 410 => ErrorCode::NotFound,

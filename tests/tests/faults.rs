@@ -558,3 +558,73 @@ egress = {LOOPBACK_EGRESS}
         "the gateway runs"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// 8. A job process past a limit of its confinement.
+
+/// Address space given to every job process: room for a pool worker's extraction (it
+/// starts from the forkserver's ≈ 80 MiB) and a fresh yt-dlp, not for Debian's ffmpeg,
+/// whose libraries alone take ≈ 260–320 MiB of mappings.
+const TIGHT_MIB: u64 = 192;
+
+/// The sidecar runs every job under `--job-memory-mib 192`: extractions and the natively
+/// fetched streams pass, a DASH merge's ffmpeg cannot load its libraries. That client gets
+/// a clear 500 before any byte, the log names the flag to raise, a stream under way is
+/// untouched, no ffmpeg is left, and the next requests are served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_merge_past_the_job_memory_limit_fails_clearly_and_alone() {
+    // The premise, checked on this machine's ffmpeg: it cannot start in that space.
+    let probe = std::process::Command::new("prlimit")
+        .arg(format!("--as={}", TIGHT_MIB * MIB))
+        .args(["ffmpeg", "-hide_banner", "-version"])
+        .output()
+        .expect("run prlimit");
+    assert!(
+        !probe.status.success(),
+        "ffmpeg starts within {TIGHT_MIB} MiB here: pick a smaller limit ({:?})",
+        String::from_utf8_lossy(&probe.stdout)
+    );
+    let file = progressive();
+    let limit = format!("--job-memory-mib={TIGHT_MIB}");
+    let gw = gateway(&[&limit]).await;
+    let bystander = Bystander::start(&link_to_large(&gw), None).await;
+
+    let merge = gw.stream_url(&gw.mint(&server().url("dash/manifest.mpd"), "bv+ba"));
+    let failed = fetch(&merge, &[]).await;
+    assert_eq!(failed.status, 500, "{failed:?}\n{}", tail(&gw));
+    assert_eq!(
+        failed.header("content-type"),
+        Some("application/problem+json"),
+        "{failed:?}"
+    );
+    let problem: serde_json::Value = serde_json::from_slice(&failed.body).unwrap();
+    assert_eq!(problem["status"], 500, "{problem}");
+    // The job's error as the sidecar classified it (not the flag as the sidecar was given it).
+    let why = "ran out of memory (its address space limit, --job-memory-mib)";
+    let named = wait_until(BOUND, || gw.logs().contains(why)).await;
+    assert!(named, "the log does not say why:\n{}", tail(&gw));
+    let line = gw
+        .logs()
+        .lines()
+        .find(|l| l.contains(why))
+        .map(str::to_owned);
+    eprintln!(
+        "the merge past its memory limit: {}",
+        line.unwrap_or_default()
+    );
+    let ffmpeg_left = || {
+        descendants(gw.pid())
+            .into_iter()
+            .filter(|p| p.comm == "ffmpeg" && p.state != 'Z')
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || ffmpeg_left() == 0).await,
+        "an ffmpeg is left"
+    );
+
+    bystander.finish("a merge past its memory limit").await;
+    let after = link(&gw, &server().url("progressive.mp4?after-the-merge"));
+    assert_whole(&fetch(&after, &[]).await, &file, "after", &gw);
+    assert_no_job_left(&gw, "a merge past its memory limit").await;
+}

@@ -54,6 +54,9 @@ pub enum FetchError {
     /// AES-128 content that does not decrypt (a wrong key, a truncated segment).
     #[error("AES-128: {0}")]
     Decrypt(String),
+    /// A job process (ffmpeg merging) stopped at a limit of its confinement: told as it is.
+    #[error("{0}")]
+    Confined(streamgate_protocol::JobError),
 }
 
 /// How one format's media is requested: its URL's headers and cookies from the extraction.
