@@ -13,8 +13,10 @@
 //! - a job that finds no slot (or its tenant at quota) waits in its tenant's queue; a free
 //!   slot goes to the tenants in turn (round-robin, skipping those at quota), each tenant's
 //!   jobs first come first served. So tenant B's job is never queued behind tenant A's
-//!   backlog. A full queue (all tenants together), a wait past the queue timeout or a
-//!   draining sidecar gives `busy`, saying which tenant's quota was hit when it was.
+//!   backlog. A tenant's queue holds at most its share of the queue's places, so its
+//!   backlog cannot fill the queue for the others either (every kind, extractions too).
+//!   A full queue (all tenants together, or the tenant's share of it), a wait past the
+//!   queue timeout or a draining sidecar gives `busy`, saying which quota was hit.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -40,9 +42,8 @@ pub(crate) struct Slots {
 
 impl Slots {
     pub fn new(config: &Config) -> Slots {
-        let gate = |what, flag, limit, share| {
-            Gate::new(what, flag, limit, share, config.queue, config.queue_timeout)
-        };
+        let queue = Queue::new(config.queue, config.tenant_share, config.queue_timeout);
+        let gate = |what, flag, limit, share| Gate::new(what, flag, limit, share, queue);
         let share = Some(config.tenant_share);
         Slots {
             streams: gate("stream", "--max-streams", config.max_streams, share),
@@ -60,10 +61,36 @@ impl Slots {
 /// The slots one tenant may hold of `limit` at a share of `percent`: rounded up, so that
 /// every tenant gets one, but below `limit` whenever `limit` > 1 and `percent` < 100.
 fn quota(limit: usize, percent: u8) -> usize {
+    if limit == 0 {
+        return 0;
+    }
     let all = if percent < 100 { limit - 1 } else { limit };
     (limit * usize::from(percent))
         .div_ceil(100)
         .clamp(1, all.max(1))
+}
+
+/// Where a gate's jobs wait for a slot: one for every kind, from the sidecar's flags.
+#[derive(Clone, Copy)]
+pub(crate) struct Queue {
+    /// Jobs waiting at most, all tenants together (`--queue`).
+    len: usize,
+    /// Of those, one tenant's at most (`--tenant-share` of `len`).
+    per_tenant: usize,
+    share: u8,
+    /// The longest a job waits (`--queue-timeout`).
+    timeout: Duration,
+}
+
+impl Queue {
+    pub fn new(len: usize, share: u8, timeout: Duration) -> Queue {
+        Queue {
+            len,
+            per_tenant: quota(len, share),
+            share,
+            timeout,
+        }
+    }
 }
 
 /// Why a job got no slot.
@@ -81,8 +108,7 @@ pub(crate) struct Gate {
     limit: usize,
     /// `--tenant-share` when this kind has a quota (it is then `state.quota`).
     share: Option<u8>,
-    queue: usize,
-    timeout: Duration,
+    queue: Queue,
     state: Arc<Mutex<State>>,
 }
 
@@ -201,8 +227,7 @@ impl Gate {
         flag: &'static str,
         limit: usize,
         share: Option<u8>,
-        queue: usize,
-        timeout: Duration,
+        queue: Queue,
     ) -> Gate {
         let state = State {
             free: limit,
@@ -218,7 +243,6 @@ impl Gate {
             limit,
             share,
             queue,
-            timeout,
             state: Arc::new(Mutex::new(state)),
         }
     }
@@ -244,11 +268,22 @@ impl Gate {
                 s.tenants.entry(name.to_owned()).or_default().held += 1;
                 return Ok(self.slot(name));
             }
-            if s.waiting >= self.queue {
+            if s.waiting >= self.queue.len {
                 let message = format!(
                     "the sidecar is overloaded: {} and {} jobs are waiting for one (--queue)",
                     self.why(&s, name),
                     s.waiting
+                );
+                return Err(busy(message));
+            }
+            if queue >= self.queue.per_tenant {
+                let message = format!(
+                    "the sidecar is overloaded: {} and {} holds its quota of {} of the {} places in the queue (--queue × --tenant-share {}%)",
+                    self.why(&s, name),
+                    who(name),
+                    self.queue.per_tenant,
+                    self.queue.len,
+                    self.queue.share
                 );
                 return Err(busy(message));
             }
@@ -289,12 +324,12 @@ impl Gate {
         tokio::select! {
             // Only `hand_out` sends, and it counted the slot as this job's.
             _ = wake => waiting.served = true,
-            _ = tokio::time::sleep(self.timeout) => {
+            _ = tokio::time::sleep(self.queue.timeout) => {
                 let why = self.why(&lock(&self.state), name);
                 return Err(busy(format!(
                     "no {} slot came free within the queue timeout ({} s): {why}",
                     self.what,
-                    self.timeout.as_secs_f64()
+                    self.queue.timeout.as_secs_f64()
                 )));
             }
             _ = draining.cancelled() => return Err(shutting_down()),
@@ -320,21 +355,27 @@ impl Gate {
     /// What keeps `tenant` from a slot now: its quota, or every slot taken.
     fn why(&self, s: &State, tenant: &str) -> String {
         match self.share {
-            Some(share) if self.at_quota(s, tenant) => {
-                let who = match tenant {
-                    "" => "the jobs without a tenant hold their".to_owned(),
-                    t => format!("tenant {t:?} holds its"),
-                };
-                format!(
-                    "{who} quota of {} of the {} {} slots ({} × --tenant-share {share}%)",
-                    s.quota, self.limit, self.what, self.flag
-                )
-            }
+            Some(share) if self.at_quota(s, tenant) => format!(
+                "{} holds its quota of {} of the {} {} slots ({} × --tenant-share {share}%)",
+                who(tenant),
+                s.quota,
+                self.limit,
+                self.what,
+                self.flag
+            ),
             _ => format!(
                 "all {} {} slots ({}) are taken",
                 self.limit, self.what, self.flag
             ),
         }
+    }
+}
+
+/// A tenant as messages name it.
+fn who(tenant: &str) -> String {
+    match tenant {
+        "" => "the set of jobs without a tenant".to_owned(),
+        t => format!("tenant {t:?}"),
     }
 }
 
@@ -367,15 +408,10 @@ impl Drop for Waiting<'_> {
 mod tests {
     use super::*;
 
+    /// A gate whose queue is shared at 100%: one tenant may fill it.
     fn gate(limit: usize, share: Option<u8>, queue: usize, timeout: Duration) -> Arc<Gate> {
-        Arc::new(Gate::new(
-            "thing",
-            "--max-things",
-            limit,
-            share,
-            queue,
-            timeout,
-        ))
+        let queue = Queue::new(queue, 100, timeout);
+        Arc::new(Gate::new("thing", "--max-things", limit, share, queue))
     }
 
     fn busy<P>(r: Result<Slot, Refused<P>>) -> String {
@@ -547,6 +583,40 @@ mod tests {
             _ => panic!("the peer's event ends the wait"),
         }
         assert_eq!(waiting(&g), 0);
+    }
+
+    #[tokio::test]
+    async fn a_tenant_fills_at_most_its_share_of_the_queue() {
+        let none = CancellationToken::new();
+        let queue = Queue::new(4, 50, Duration::from_secs(60));
+        let g = Arc::new(Gate::new("thing", "--max-things", 1, None, queue));
+        let _held = take(&g, "a").await;
+        let wait = |tenant: &'static str| {
+            let g = Arc::clone(&g);
+            tokio::spawn(async move {
+                g.enter(Some(tenant), &CancellationToken::new(), NEVER())
+                    .await
+                    .ok()
+            })
+        };
+        let _a = [wait("a"), wait("a")];
+        while waiting(&g) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // a's backlog is at its 2 of 4 places: its next job is refused at once …
+        let refused = busy(g.enter(Some("a"), &none, NEVER()).await);
+        assert!(
+            refused.contains(
+                "tenant \"a\" holds its quota of 2 of the 4 places in the queue (--queue × --tenant-share 50%)"
+            ),
+            "{refused}"
+        );
+        // … while b still queues in the places left.
+        let _b = [wait("b"), wait("b")];
+        while waiting(&g) < 4 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(quota(0, 50), 0, "--queue 0: nobody waits");
     }
 
     #[tokio::test]
