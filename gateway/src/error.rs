@@ -18,6 +18,12 @@ use crate::sidecar::SidecarError;
 /// Seconds a client is told to wait when the sidecar's queue is full.
 const BUSY_RETRY_AFTER_SECS: u32 = 2;
 
+/// The challenge of every 401 (RFC 9110 §15.5.2: a 401 must carry one). Only plugins refuse
+/// with 401, and the bundled policies take a key in a header of the tenant's choosing
+/// (`x-api-key` by default); `Key` is the scheme gateways use for that (Kong's key-auth).
+/// A browser shows no login dialog for it, so the web page can ask for the key itself.
+const CHALLENGE: &str = r#"Key realm="streamgate""#;
+
 /// Everything that can stop a request before its media starts flowing.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -112,7 +118,9 @@ impl GatewayError {
             GatewayError::Plugin { source, .. } => plugin_status(source),
             GatewayError::Seal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             GatewayError::Sidecar(SidecarError::Job(e)) => job_status(e.code),
-            GatewayError::Sidecar(SidecarError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            GatewayError::Sidecar(SidecarError::Unavailable(_) | SidecarError::NotUpYet(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             GatewayError::Sidecar(SidecarError::Protocol(_)) => StatusCode::BAD_GATEWAY,
             GatewayError::Sidecar(SidecarError::MetadataTimeout) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::RouteNotFound => StatusCode::NOT_FOUND,
@@ -138,7 +146,9 @@ impl GatewayError {
             GatewayError::MediaDenied { .. } => "media_denied",
             GatewayError::Plugin { .. } | GatewayError::Seal { .. } => "plugin_failed",
             GatewayError::Sidecar(SidecarError::Job(e)) => e.code.as_str(),
-            GatewayError::Sidecar(SidecarError::Unavailable(_)) => "sidecar_unavailable",
+            GatewayError::Sidecar(SidecarError::Unavailable(_) | SidecarError::NotUpYet(_)) => {
+                "sidecar_unavailable"
+            }
             GatewayError::Sidecar(SidecarError::Protocol(_)) => "protocol",
             GatewayError::Sidecar(SidecarError::MetadataTimeout) => "timeout",
             GatewayError::RouteNotFound => "route_not_found",
@@ -161,7 +171,7 @@ impl GatewayError {
             GatewayError::Plugin { plugin, .. } | GatewayError::Seal { plugin, .. } => {
                 format!("plugin {plugin} failed")
             }
-            GatewayError::Sidecar(SidecarError::Unavailable(_)) => {
+            GatewayError::Sidecar(SidecarError::Unavailable(_) | SidecarError::NotUpYet(_)) => {
                 "the media backend is unavailable".into()
             }
             GatewayError::Sidecar(SidecarError::Protocol(_)) => "the media backend failed".into(),
@@ -250,10 +260,15 @@ impl Problem {
         }
     }
 
-    /// The RFC 9457 response: status, problem body, `X-Request-Id`, and `Retry-After` on busy.
+    /// The RFC 9457 response: status, problem body, `X-Request-Id`, and the headers a status
+    /// calls for: `Retry-After` when a wait helps, `WWW-Authenticate` on 401, `Content-Range`
+    /// on 416, `Connection: close` on 408.
     pub fn to_response(&self) -> warp::reply::Response {
         let status = self.error.status();
-        if status.is_server_error() {
+        if let GatewayError::Sidecar(SidecarError::NotUpYet(_)) = &self.error {
+            // Start-up, seen by every readiness poll: the sidecar client said so once at info.
+            tracing::debug!(request_id = ?self.request_id, error = %self.error, "request failed");
+        } else if status.is_server_error() {
             tracing::warn!(request_id = ?self.request_id, error = %self.error, "request failed");
         } else {
             tracing::info!(request_id = ?self.request_id, error = %self.error, "request refused");
@@ -294,10 +309,20 @@ impl Problem {
             headers.insert(header::CONTENT_RANGE, range);
         }
         if let GatewayError::Limit(LimitError::Limited {
-            retry_after_secs, ..
+            retry_after_secs: Some(secs),
+            ..
         }) = &self.error
         {
-            headers.insert(header::RETRY_AFTER, (*retry_after_secs).into());
+            headers.insert(header::RETRY_AFTER, (*secs).into());
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = HeaderValue::from_static(CHALLENGE);
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        // RFC 9110 §15.5.9: the rest of the body may still be on its way; hyper ends an
+        // HTTP/1.x connection after a response that says `close` (HTTP/2 drops the header).
+        if let GatewayError::BodyTimeout = self.error {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

@@ -125,9 +125,10 @@ fn key(n: u8) -> String {
     format!("k{n}:{secret}")
 }
 
-/// Tenants `a` and `b` (by host), `limited` (no stream may run), `misbehave` (the
-/// test-misbehave token plugin) and `noseal` (a `seal_key` its ring lacks), all with a
-/// policy that allows every host and lets anyone resolve, except `picky`'s.
+/// Tenants `a` and `b` (by host), `limited` (no stream or resolve may run), `metered` (one
+/// resolve a minute), `misbehave` (the test-misbehave token plugin) and `noseal` (a
+/// `seal_key` its ring lacks), all with a policy that allows every host and lets anyone
+/// resolve, except `picky`'s and `keyed`'s (an API key).
 fn config_text(socket: &Path) -> String {
     let allow =
         r#"{ builtin = "policy-allowlist", config = { hosts = "*", public_resolve = "true" } }"#;
@@ -156,7 +157,20 @@ id = "limited"
 hosts = ["limited.example"]
 token = {{ builtin = "token-xchacha", config = {{ keys = "{ka}" }} }}
 policy = {allow}
-limits = {{ max_streams = 0 }}
+limits = {{ max_streams = 0, resolves_per_minute = 0 }}
+
+[[tenant]]
+id = "metered"
+hosts = ["metered.example"]
+token = {{ builtin = "token-xchacha", config = {{ keys = "{ka}" }} }}
+policy = {allow}
+limits = {{ resolves_per_minute = 1 }}
+
+[[tenant]]
+id = "keyed"
+hosts = ["keyed.example"]
+token = {{ builtin = "token-xchacha", config = {{ keys = "{ka}" }} }}
+policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", api_key = "sekret" }} }}
 
 [[tenant]]
 id = "picky"
@@ -358,7 +372,10 @@ async fn requests_are_refused_with_client_errors() {
     let t = token(app, "limited", "ok", "best").await;
     let resp = get(app, "limited.example", &format!("/stream?data={t}")).await;
     problem(&resp, 429, "rate_limited");
-    assert_eq!(resp.headers()["retry-after"], "5");
+    assert!(
+        resp.headers().get("retry-after").is_none(),
+        "0: no wait helps"
+    );
     // No tenant for the host and no default_tenant.
     let resp = get(app, "nobody.example", &format!("/stream?data={t}")).await;
     problem(&resp, 404, "unknown_host");
@@ -382,6 +399,115 @@ async fn misbehaving_plugins_are_500_or_503() {
         let body = problem(&resp, status, "plugin_failed");
         assert_eq!(body["detail"], "plugin test_misbehave failed");
     }
+}
+
+/// RFC 9110 §15.5.2: a 401 carries a challenge. Plugins refuse with 401 when they want an
+/// API key (a stream without one or with a wrong one, a resolve without credentials).
+#[tokio::test]
+async fn a_401_names_its_challenge() {
+    let app = &fixture().app;
+    let t = token(app, "keyed", "ok", "best").await;
+    let stream = format!("/stream?data={t}");
+    let mut refusals = vec![
+        send(
+            app,
+            resolve("picky.example", &json!({ "url": "https://x.example/" })),
+        )
+        .await,
+    ];
+    for key in [None, Some("wrong")] {
+        let mut req = warp::test::request()
+            .path(&stream)
+            .header("host", "keyed.example");
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        refusals.push(send(app, req).await);
+    }
+    for resp in refusals {
+        problem(&resp, 401, "policy_denied");
+        assert_eq!(
+            resp.headers()["www-authenticate"],
+            r#"Key realm="streamgate""#
+        );
+    }
+    let keyed = warp::test::request()
+        .path(&stream)
+        .header("host", "keyed.example")
+        .header("x-api-key", "sekret");
+    let resp = send(app, keyed).await;
+    assert_eq!((resp.status().as_u16(), resp.body()), (200, &media()));
+    assert!(resp.headers().get("www-authenticate").is_none());
+}
+
+/// A limit of 0 is "never": 429 without `Retry-After` (no wait helps), while a limit that
+/// was only reached names the seconds left in its window.
+#[tokio::test]
+async fn a_zero_limit_promises_no_retry() {
+    let app = &fixture().app;
+    let body = json!({ "url": "https://media.example/ok" });
+    let resp = send(app, resolve("limited.example", &body)).await;
+    let problem_body = problem(&resp, 429, "rate_limited");
+    assert!(
+        resp.headers().get("retry-after").is_none(),
+        "{problem_body}"
+    );
+    let detail = problem_body["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("resolves_per_minute limit is 0"),
+        "{detail}"
+    );
+    assert_eq!(
+        send(app, resolve("metered.example", &body)).await.status(),
+        200
+    );
+    let resp = send(app, resolve("metered.example", &body)).await;
+    problem(&resp, 429, "rate_limited");
+    let wait: u32 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+}
+
+/// RFC 9110 §15.5.9: a 408 says `Connection: close`, and the connection ends after it
+/// (the rest of the body may still be on its way). Over the real server, HTTP/1.1.
+#[tokio::test]
+async fn a_408_closes_the_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sidecar.sock");
+    let text = format!(
+        "[server]\nresolve_body_timeout_secs = 1\n{}",
+        config_text(&socket)
+    );
+    let config: Config = toml::from_str(&text).unwrap();
+    let app = Arc::new(App::new(&config, client(&config, socket)).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(streamgate::server::run(
+        listener,
+        app,
+        std::future::pending(),
+    ));
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /v1/resolve HTTP/1.1\r\nHost: a.example\r\n\
+                Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"url\":";
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer));
+    read.await
+        .expect("the gateway closes the connection")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 408 "), "{answer}");
+    let lines: Vec<String> = head.lines().map(str::to_ascii_lowercase).collect();
+    assert!(lines.iter().any(|l| l == "connection: close"), "{head}");
+    let problem: Value = serde_json::from_str(body).unwrap();
+    assert_eq!(problem["code"], "body_timeout");
 }
 
 /// `POST /v1/resolve` as warp's test client sends it.
@@ -442,8 +568,9 @@ async fn a_limiter_that_cannot_count_refuses_with_503() {
     );
     let config: Config = toml::from_str(&text).unwrap();
     let app = Arc::new(App::new(&config, client(&config, socket)).unwrap());
-    let t = token(&app, "limited", "ok", "best").await;
-    let resp = get(&app, "limited.example", &format!("/stream?data={t}")).await;
+    // `limited`'s limits of 0 refuse before any count; `metered`'s 1 must be counted.
+    let body = json!({ "url": "https://media.example/ok" });
+    let resp = send(&app, resolve("metered.example", &body)).await;
     problem(&resp, 503, "limiter_unavailable");
     let text = app.metrics.encode();
     assert!(

@@ -56,19 +56,28 @@ impl Limit {
 /// Why the limiter refused; `error::GatewayError::Limit` turns it into 429 or 503.
 #[derive(Debug, thiserror::Error)]
 pub enum LimitError {
-    /// A limit is reached: 429 with `Retry-After`.
-    #[error("tenant {tenant:?} reached its {} limit", .limit.as_str())]
+    /// A limit is reached: 429, with `Retry-After` when waiting can help.
+    #[error("tenant {tenant:?} {}", limited_reason(*.limit, .retry_after_secs.is_none()))]
     Limited {
         /// The tenant.
         tenant: String,
         /// Which limit.
         limit: Limit,
-        /// Seconds the client is told to wait.
-        retry_after_secs: u32,
+        /// Seconds the client is told to wait; `None` for a limit of 0, which no wait
+        /// lifts (as Envoy's local rate limit with no tokens: a 429 with no retry time).
+        retry_after_secs: Option<u32>,
     },
     /// The counters could not be reached and `on_limiter_error = "deny"`: 503.
     #[error("the limiter's backend failed: {0}")]
     Unavailable(String),
+}
+
+/// The refusal's words: a limit of 0 is never "reached", it allows nothing.
+fn limited_reason(limit: Limit, never: bool) -> String {
+    match never {
+        true => format!("allows none: its {} limit is 0", limit.as_str()),
+        false => format!("reached its {} limit", limit.as_str()),
+    }
 }
 
 /// A backend failure, before `on_limiter_error` decides what it means.
@@ -181,20 +190,31 @@ impl Limiter {
         if request.tenant.is_none() && request.client.is_none() {
             return Ok(StreamSlot::unlimited());
         }
+        let zero = [
+            (
+                request.client.as_ref().map(|c| c.1),
+                Limit::MaxStreamsPerClient,
+            ),
+            (request.tenant.as_ref().map(|t| t.1), Limit::MaxStreams),
+        ];
+        if let Some(limit) = never(&zero) {
+            return Err(self.limited(tenant, limit, None));
+        }
         let result = match &self.inner.backend {
             Backend::Memory(m) => Ok(m.acquire(request)),
             Backend::Redis(r) => r.acquire(request).await,
         };
         match result {
             Ok(Ok(slot)) => Ok(slot),
-            Ok(Err(limit)) => Err(self.limited(tenant, limit, STREAM_RETRY_AFTER_SECS)),
+            Ok(Err(limit)) => Err(self.limited(tenant, limit, Some(STREAM_RETRY_AFTER_SECS))),
             Err(e) => self.backend_failed(e).map(|()| StreamSlot::unlimited()),
         }
     }
 
     /// Counts one resolve of `tenant` from `client`; refuses past
     /// `resolves_per_minute_per_client`, then past `resolves_per_minute`. The client's window
-    /// is counted first, so a client over its own limit spends none of the tenant's.
+    /// is counted first, so a client over its own limit spends none of the tenant's; a limit
+    /// of 0 refuses before either is counted.
     pub async fn check_resolve(
         &self,
         tenant: &str,
@@ -202,6 +222,16 @@ impl Limiter {
     ) -> Result<(), LimitError> {
         let limits = self.limits(tenant);
         let per_client = limits.resolves_per_minute_per_client.zip(client);
+        let zero = [
+            (
+                per_client.map(|(max, _)| max),
+                Limit::ResolvesPerMinutePerClient,
+            ),
+            (limits.resolves_per_minute, Limit::ResolvesPerMinute),
+        ];
+        if let Some(limit) = never(&zero) {
+            return Err(self.limited(tenant, limit, None));
+        }
         let windows = [
             (
                 per_client.map(|(max, ip)| (max, Some(ip))),
@@ -223,7 +253,7 @@ impl Limiter {
             };
             match result {
                 Ok(None) => {}
-                Ok(Some(wait)) => return Err(self.limited(tenant, limit, wait)),
+                Ok(Some(wait)) => return Err(self.limited(tenant, limit, Some(wait))),
                 // Same backend for the next window: one failure, one decision.
                 Err(e) => return self.backend_failed(e),
             }
@@ -231,7 +261,7 @@ impl Limiter {
         Ok(())
     }
 
-    fn limited(&self, tenant: &str, limit: Limit, retry_after_secs: u32) -> LimitError {
+    fn limited(&self, tenant: &str, limit: Limit, retry_after_secs: Option<u32>) -> LimitError {
         self.inner.metrics.limiter_rejection(tenant, limit.as_str());
         LimitError::Limited {
             tenant: tenant.to_owned(),
@@ -250,4 +280,12 @@ impl Limiter {
             OnLimiterError::Allow => Ok(()),
         }
     }
+}
+
+/// The first of `limits` that is set to 0: it refuses every request, so nothing is counted
+/// (no backend round trip) and no wait is promised.
+fn never(limits: &[(Option<u32>, Limit)]) -> Option<Limit> {
+    limits
+        .iter()
+        .find_map(|&(max, limit)| (max == Some(0)).then_some(limit))
 }

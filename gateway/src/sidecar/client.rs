@@ -3,6 +3,8 @@
 //! one path ([`SidecarClient::job`]).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
 use futures::SinkExt;
@@ -31,6 +33,9 @@ pub enum SidecarError {
     /// No connection, no handshake, or the connection closed before the first answer.
     #[error("the sidecar is unavailable: {0}")]
     Unavailable(String),
+    /// The same, before any handshake ever succeeded: the sidecar is still starting.
+    #[error("the sidecar is not up yet: {0}")]
+    NotUpYet(String),
     /// The sidecar answered with an error frame.
     #[error("the sidecar failed the job: {0}")]
     Job(JobError),
@@ -42,11 +47,19 @@ pub enum SidecarError {
     MetadataTimeout,
 }
 
+/// What the client has seen of the sidecar ([`SidecarClient::seen`]).
+const NEVER_UP: u8 = 0;
+const WAITING_LOGGED: u8 = 1;
+const BEEN_UP: u8 = 2;
+
 /// Opens jobs on the sidecar's socket.
 #[derive(Clone, Debug)]
 pub struct SidecarClient {
     socket: PathBuf,
     metadata_timeout: Duration,
+    /// Whether a handshake ever succeeded: until then a refused connection is the start-up
+    /// every `/readyz` poll sees (logged once), after it an outage.
+    seen: Arc<AtomicU8>,
 }
 
 impl SidecarClient {
@@ -55,6 +68,7 @@ impl SidecarClient {
         SidecarClient {
             socket,
             metadata_timeout,
+            seen: Arc::new(AtomicU8::new(NEVER_UP)),
         }
     }
 
@@ -69,9 +83,31 @@ impl SidecarClient {
             let welcome = client_handshake(&mut conn, CLIENT_NAME).await?;
             Ok((conn, welcome))
         };
-        tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        let result = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
             .await
-            .unwrap_or_else(|_| Err(SidecarError::Unavailable("handshake timed out".into())))
+            .unwrap_or_else(|_| Err(SidecarError::Unavailable("handshake timed out".into())));
+        match result {
+            Ok(up) => {
+                self.seen.store(BEEN_UP, Ordering::Relaxed);
+                Ok(up)
+            }
+            Err(SidecarError::Unavailable(e)) if self.seen.load(Ordering::Relaxed) != BEEN_UP => {
+                let first = self
+                    .seen
+                    .compare_exchange(
+                        NEVER_UP,
+                        WAITING_LOGGED,
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok();
+                if first {
+                    tracing::info!(socket = %self.socket.display(), "waiting for the sidecar: {e}");
+                }
+                Err(SidecarError::NotUpYet(e))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Whether the sidecar answers a handshake; its `Welcome` names the yt-dlp version.
