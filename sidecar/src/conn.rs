@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use futures::stream::{SplitSink, SplitStream};
-use streamgate_protocol::{Connection, Frame, Welcome};
+use streamgate_protocol::{Connection, Frame, ProtocolError, Welcome};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
@@ -39,4 +39,37 @@ pub(crate) struct Shared {
     pub draining: CancellationToken,
     /// Drain deadline passed: kill running jobs.
     pub kill_jobs: CancellationToken,
+}
+
+/// Whether `e` only says the client hung up (closed, reset, or gone before a write): the
+/// gateway does that whenever its own client leaves, so it is no protocol error.
+pub(crate) fn client_left(e: &ProtocolError) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    match e {
+        ProtocolError::Closed { .. } => true,
+        ProtocolError::Io(io) => {
+            matches!(io.kind(), BrokenPipe | ConnectionReset | ConnectionAborted)
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Error, ErrorKind};
+
+    use super::*;
+
+    #[test]
+    fn a_client_hanging_up_is_no_protocol_error() {
+        for kind in [ErrorKind::BrokenPipe, ErrorKind::ConnectionReset] {
+            assert!(client_left(&ProtocolError::Io(Error::from(kind))));
+        }
+        assert!(client_left(&ProtocolError::Closed { during: "x" }));
+        assert!(!client_left(&ProtocolError::Io(Error::from(
+            ErrorKind::InvalidData
+        ))));
+        assert!(!client_left(&ProtocolError::UnknownType(0xee)));
+        assert!(!client_left(&ProtocolError::Truncated));
+    }
 }

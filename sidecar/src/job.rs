@@ -12,7 +12,7 @@ use tokio::net::unix::pipe;
 use tracing::{debug, info, warn};
 
 use crate::classify::{classify, merge_refused};
-use crate::conn::{Rx, Shared, Tx};
+use crate::conn::{Rx, Shared, Tx, client_left};
 use crate::native::Want;
 use crate::proc::Proc;
 use crate::sandbox::Sandbox;
@@ -52,6 +52,7 @@ pub(crate) async fn peer_event(rx: &mut Rx) -> Peer {
     match rx.next().await {
         Some(Ok(Frame::Cancel)) => Peer::Cancel,
         None => Peer::Gone,
+        Some(Err(e)) if client_left(&e) => Peer::Gone,
         Some(Ok(other)) => Peer::Broke(format!(
             "unexpected frame 0x{:02x} during a job",
             other.kind()

@@ -8,7 +8,7 @@ use futures::{SinkExt, StreamExt};
 use serde::Deserialize;
 use streamgate_protocol::{ErrorCode, Frame, JobError, MediaFacts};
 
-use crate::conn::{Rx, Shared, Tx};
+use crate::conn::{Rx, Shared, Tx, client_left};
 use crate::extract::Stopped;
 use crate::job::Peer;
 use crate::resolve::RawFormat;
@@ -93,6 +93,7 @@ pub(crate) async fn ask(
         Ok(Some(Ok(Frame::Proceed))) => Ok(()),
         Ok(Some(Ok(Frame::Cancel))) => Err(Stopped::Peer(Peer::Cancel)),
         Ok(None) => Err(Stopped::Peer(Peer::Gone)),
+        Ok(Some(Err(e))) if client_left(&e) => Err(Stopped::Peer(Peer::Gone)),
         Ok(Some(Ok(other))) => Err(Stopped::Peer(Peer::Broke(format!(
             "unexpected frame 0x{:02x} awaiting a verdict",
             other.kind()

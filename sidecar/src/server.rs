@@ -16,9 +16,9 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, error, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::conn::{Rx, Shared, Tx};
+use crate::conn::{Rx, Shared, Tx, client_left};
 use crate::egress::{Egress, EgressError, Rules, Upstream, netns};
 use crate::job::{self, Outcome, peer_ended, peer_event};
 use crate::native::Want;
@@ -356,6 +356,9 @@ fn record(tenant: &Option<String>, request_id: &Option<String>) {
 }
 
 async fn protocol_error(conn: &mut Connection<UnixStream>, err: ProtocolError) {
+    if client_left(&err) {
+        return debug!("the client left: {err}");
+    }
     warn!("protocol error: {err}");
     let _ = conn
         .send(Frame::Error(JobError::new(

@@ -261,6 +261,76 @@ async fn a_full_sidecar_answers_busy_with_retry_after() {
     assert_eq!(refused.header("retry-after"), Some("2"));
 }
 
+/// Normal events are not warnings: `/readyz` polls before the sidecar first answered (the
+/// harness makes them while it starts) are one INFO line at most, and a client of the
+/// sidecar that hangs up (here with the welcome unread, so its close resets the connection)
+/// is no protocol error. A real protocol error and an outage after start still WARN.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_polls_and_clients_hanging_up_are_not_warnings() {
+    use futures::SinkExt;
+    use nix::sys::signal::{Signal, kill};
+    use streamgate_protocol::{Frame, Hello, PROTOCOL_VERSION, client_handshake, connection};
+
+    let gw = Gateway::start(GatewayOptions::default()).await;
+    let warned = |what: &str| {
+        let logs = gw.logs();
+        let lines = logs
+            .lines()
+            .filter(|l| l.contains(" WARN ") && l.contains(what));
+        lines.map(str::to_owned).collect::<Vec<_>>()
+    };
+    assert_eq!(warned("sidecar is"), Vec::<String>::new(), "{}", gw.logs());
+    let waiting = gw.logs().matches("waiting for the sidecar").count();
+    assert!(waiting <= 1, "{}", gw.logs());
+
+    let socket = gw.state_dir().join("sidecar.sock");
+    let mut leaving = connection(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        client: "leaving".into(),
+    };
+    leaving.send(Frame::Hello(hello)).await.unwrap();
+    leaving.get_ref().readable().await.unwrap();
+    drop(leaving);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut broken = connection(tokio::net::UnixStream::connect(&socket).await.unwrap());
+    client_handshake(&mut broken, "broken").await.unwrap();
+    broken.send(Frame::End { total_bytes: 0 }).await.unwrap();
+    let logged = wait_until(Duration::from_secs(10), || {
+        !warned("protocol error: unexpected frame").is_empty()
+    });
+    assert!(
+        logged.await,
+        "a real protocol error is a warning:\n{}",
+        gw.logs()
+    );
+    assert_eq!(
+        warned("i/o"),
+        Vec::<String>::new(),
+        "hanging up is no error"
+    );
+
+    // After the sidecar was up, not reaching it is an outage: the socket file gone while
+    // the sidecar is stopped (it would bind it again at once).
+    let sidecar = nix::unistd::Pid::from_raw(gw.sidecar_pid().expect("a sidecar") as i32);
+    kill(sidecar, Signal::SIGSTOP).unwrap();
+    std::fs::remove_file(&socket).unwrap();
+    let readyz = reqwest::get(gw.url("/readyz")).await.unwrap().status();
+    kill(sidecar, Signal::SIGCONT).unwrap();
+    assert_eq!(readyz, 503);
+    assert_eq!(
+        warned("the sidecar is unavailable").len(),
+        1,
+        "{}",
+        gw.logs()
+    );
+    assert!(
+        gw.wait_ready(Duration::from_secs(30)).await,
+        "{}",
+        gw.logs()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tenants_by_host_and_plugin_failures_are_5xx_problems() {
     let dir = tempfile::tempdir().unwrap();
