@@ -61,6 +61,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway on the config file `config` alone (no `--allow-private-urls`: its tenants'
+    /// egress says what they may reach).
+    pub async fn with_config(config: &Path) -> Gateway {
+        Gateway::start(GatewayOptions {
+            config: Some(config.to_owned()),
+            allow_private_urls: false,
+            ..GatewayOptions::default()
+        })
+        .await
+    }
+
     /// Starts the release binary and waits until `/readyz` says its sidecar answers.
     pub async fn start(opts: GatewayOptions) -> Gateway {
         let dir = tempfile::tempdir().expect("gateway temp dir");
@@ -487,36 +498,18 @@ pub const LOOPBACK_EGRESS: &str = "{ allow_private = true, any_port = true }";
 
 /// A config file with three tenants: `main` (`default_tenant`), `other` (same key: its tokens must
 /// still not open there) and `broken` (the test-misbehave token plugin).
-pub fn three_tenants(dir: &std::path::Path) -> std::path::PathBuf {
-    let key = streamgate::plugin::builtin::xchacha_generate_key();
+pub fn three_tenants(dir: &Path) -> PathBuf {
+    use crate::config::{new_key, open_policy, tenant, write, xchacha};
+    let token = xchacha(&new_key());
     let misbehave = streamgate::plugin::builtin::test_misbehave_path();
-    let policy =
-        r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#;
-    let egress = LOOPBACK_EGRESS;
-    let text = format!(
-        r#"
-default_tenant = "main"
-[[tenant]]
-id = "main"
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {policy}
-egress = {egress}
-[[tenant]]
-id = "other"
-hosts = ["other.test"]
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {policy}
-egress = {egress}
-[[tenant]]
-id = "broken"
-hosts = ["broken.test"]
-token = {{ wasm = "{}" }}
-policy = {policy}
-egress = {egress}
-"#,
-        misbehave.display()
-    );
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let broken = format!("{{ wasm = \"{}\" }}", misbehave.display());
+    let policy = open_policy("");
+    let text = [
+        "default_tenant = \"main\"\n".to_owned(),
+        tenant("main", &[], &token, &policy, ""),
+        tenant("other", &["other.test"], &token, &policy, ""),
+        tenant("broken", &["broken.test"], &broken, &policy, ""),
+    ]
+    .concat();
+    write(dir, &text)
 }

@@ -2,6 +2,7 @@
 //! by `tests/fixtures/make-media` and served on 127.0.0.1 by the tests themselves.
 //!
 //! - [`paths`]: the repo root, the release binaries, the venv's yt-dlp.
+//! - [`config`]: config files of test gateways: `[[tenant]]` blocks, the file, minted links.
 //! - [`fixtures`]: generated once per fixture-script version into `target/test-fixtures/`.
 //! - [`http`]: a loopback static file server (Range, 404s, a stalling route).
 //! - [`process`]: child processes killed on drop, live processes under a pid from `/proc`.
@@ -16,6 +17,7 @@
 #![deny(missing_docs)]
 
 pub mod client;
+pub mod config;
 pub mod fixtures;
 pub mod gateway;
 pub mod http;

@@ -116,48 +116,29 @@ pub struct TwoTenants<'a> {
 /// Writes `streamgate.toml` in `dir`: tenants `a` and `b`, each with its own token key, an
 /// allow-all policy that lets loopback clients resolve, and the loopback egress.
 pub fn two_tenants(dir: &Path, t: &TwoTenants<'_>) -> PathBuf {
-    let (ka, kb) = (
-        streamgate::plugin::builtin::xchacha_generate_key(),
-        streamgate::plugin::builtin::xchacha_generate_key(),
+    use crate::config::{new_key, open_policy, tenant, write, xchacha};
+    let policy = open_policy(r#", resolve_clients = "127.0.0.0/8""#);
+    let head = format!(
+        "default_tenant = \"a\"\n[sidecar]\nargs = [\"--stall-timeout={}\", \"--max-jobs=8\"]\n[limits]\n{}\n",
+        t.stall_secs, t.global
     );
-    let policy = r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true", resolve_clients = "127.0.0.0/8" } }"#;
-    let egress = crate::gateway::LOOPBACK_EGRESS;
-    let text = format!(
-        r#"
-default_tenant = "a"
-[sidecar]
-args = ["--stall-timeout={stall}", "--max-jobs=8"]
-[limits]
-{global}
-[[tenant]]
-id = "a"
-hosts = ["a.test"]
-token = {{ builtin = "token-xchacha", config = {{ keys = "{ka}" }} }}
-policy = {policy}
-egress = {egress}
-limits = {{ {a} }}
-[[tenant]]
-id = "b"
-hosts = ["b.test"]
-token = {{ builtin = "token-xchacha", config = {{ keys = "{kb}" }} }}
-policy = {policy}
-egress = {egress}
-limits = {{ {b} }}
-"#,
-        stall = t.stall_secs,
-        global = t.global,
-        a = t.a,
-        b = t.b,
-    );
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).expect("write config");
-    path
-}
-
-/// A link for `tenant` of `config`, minted by `streamgate mint --config F --tenant ID`.
-pub fn mint_for(config: &Path, tenant: &str, url: &str, format: &str) -> String {
-    let config = config.display().to_string();
-    crate::gateway::mint(&[
-        "--config", &config, "--tenant", tenant, "--url", url, "--format", format,
-    ])
+    let text = [
+        head,
+        tenant(
+            "a",
+            &["a.test"],
+            &xchacha(&new_key()),
+            &policy,
+            &format!("limits = {{ {} }}", t.a),
+        ),
+        tenant(
+            "b",
+            &["b.test"],
+            &xchacha(&new_key()),
+            &policy,
+            &format!("limits = {{ {} }}", t.b),
+        ),
+    ]
+    .concat();
+    write(dir, &text)
 }

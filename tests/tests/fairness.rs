@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::future::join_all;
+use streamgate_tests::config::{self, mint_for, new_key, open_policy, xchacha};
 use streamgate_tests::gateway::*;
 use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,46 +24,21 @@ const BOUND: Duration = Duration::from_secs(120);
 /// per `(id, host, token)` streaming loopback fixtures, the first the default; `token` is a
 /// component file, or `None` for token-xchacha with a key all these tenants share.
 fn config(dir: &Path, head: &str, tenants: &[(&str, &str, Option<&Path>)]) -> PathBuf {
-    let key = streamgate::plugin::builtin::xchacha_generate_key();
-    let policy =
-        r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#;
+    let shared = xchacha(&new_key());
     let mut text = format!("default_tenant = \"{}\"\n{head}\n", tenants[0].0);
     for (id, host, token) in tenants {
         let token = match token {
             Some(wasm) => format!("{{ wasm = \"{}\" }}", wasm.display()),
-            None => format!("{{ builtin = \"token-xchacha\", config = {{ keys = \"{key}\" }} }}"),
+            None => shared.clone(),
         };
-        text += &format!(
-            r#"
-[[tenant]]
-id = "{id}"
-hosts = ["{host}"]
-token = {token}
-policy = {policy}
-egress = {LOOPBACK_EGRESS}
-"#
-        );
+        text += &config::tenant(id, &[host], &token, &open_policy(""), "");
     }
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn start(config: &Path) -> Gateway {
-    Gateway::start(GatewayOptions {
-        config: Some(config.to_owned()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    })
-    .await
+    config::write(dir, &text)
 }
 
 /// The stream link of `tenant` for `url`.
 fn link(gw: &Gateway, config: &Path, tenant: &str, url: &str) -> String {
-    let config = config.display().to_string();
-    gw.stream_url(&mint(&[
-        "--config", &config, "--tenant", tenant, "--url", url, "--format", "b",
-    ]))
+    gw.stream_url(&mint_for(config, tenant, url, "b"))
 }
 
 /// A client of `host` that gets the head of `link` (200) and then reads nothing more:
@@ -127,7 +103,7 @@ async fn a_tenant_holding_its_whole_quota_does_not_delay_another_tenants_stream(
          [sidecar]\nargs = [\"--max-streams=4\", \"--queue-timeout=300\"]",
         &[("a", "a.test", None), ("b", "b.test", None)],
     );
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let large = link(&gw, &config, "a", &large_url());
     let small = server().url("progressive.mp4");
     // Tenant a: two clients that stop reading hold its two slots …
@@ -184,7 +160,7 @@ async fn forty_clients_that_stop_reading_lose_their_streams_then_a_new_client_is
          [sidecar]\nargs = [\"--max-streams=80\", \"--queue-timeout=300\"]",
         &[("main", "main.test", None)],
     );
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let large = link(&gw, &config, "main", &large_url());
     let clients = join_all((0..N).map(|_| stalled(&large, "main.test"))).await;
     // Served only once one of the 40 has lost its stream.
@@ -247,7 +223,7 @@ async fn a_plugin_sleeping_in_a_host_call_fails_closed_and_leaves_other_tenants_
             ("sleepy", "sleepy.test", Some(&misbehave)),
         ],
     );
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     // `sleep` makes test-misbehave's `open` sleep a minute on a monotonic-clock pollable.
     let sleepers: Vec<_> = (0..N)
         .map(|_| fetch(&gw.stream_url("sleep"), "sleepy.test"))

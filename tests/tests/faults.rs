@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use streamgate_tests::config::{self, mint_for, new_key, open_policy, xchacha};
 use streamgate_tests::gateway::*;
 use streamgate_tests::origin::{Mode, Origin};
-use streamgate_tests::redis::{RedisServer, TwoTenants, mint_for, two_tenants};
+use streamgate_tests::redis::{RedisServer, TwoTenants, two_tenants};
 use streamgate_tests::*;
 use tokio::sync::{oneshot, watch};
 
@@ -326,20 +327,12 @@ async fn a_deleted_sidecar_socket_is_bound_again() {
 
 /// A config whose one tenant `main` runs its policy from the file `policy` with `hosts`.
 fn plugin_config(dir: &Path, key: &str, policy: &Path, hosts: &str) -> PathBuf {
-    let text = format!(
-        r#"
-default_tenant = "main"
-[[tenant]]
-id = "main"
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {{ wasm = "{}", config = {{ hosts = "{hosts}", allow_private = "true" }} }}
-egress = {LOOPBACK_EGRESS}
-"#,
+    let policy = format!(
+        r#"{{ wasm = "{}", config = {{ hosts = "{hosts}", allow_private = "true" }} }}"#,
         policy.display()
     );
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let main = config::tenant("main", &[], &xchacha(key), &policy, "");
+    config::write(dir, &format!("default_tenant = \"main\"\n{main}"))
 }
 
 /// SIGHUP, then waits for the `count`-th log line containing `marker`.
@@ -358,20 +351,12 @@ async fn a_corrupt_plugin_at_reload_is_refused_and_the_old_one_serves() {
     const RELOADED: &str = "configuration reloaded";
     let file = progressive();
     let dir = tempfile::tempdir().unwrap();
-    let key = streamgate::plugin::builtin::xchacha_generate_key();
+    let key = new_key();
     let policy = dir.path().join("policy.wasm");
     std::fs::write(&policy, streamgate::plugin::builtin::POLICY_ALLOWLIST).unwrap();
     let config = plugin_config(dir.path(), &key, &policy, "*");
-    let mut gw = Gateway::start(GatewayOptions {
-        config: Some(config.clone()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    })
-    .await;
-    let link_to = |url: &str| {
-        let config = config.display().to_string();
-        gw.stream_url(&mint(&["--config", &config, "--url", url, "--format", "b"]))
-    };
+    let mut gw = Gateway::with_config(&config).await;
+    let link_to = |url: &str| gw.stream_url(&mint_for(&config, "main", url, "b"));
     let ok = link_to(&server().url("progressive.mp4"));
     let bystander = Bystander::start(&link_to(&large_url()), None).await;
 
@@ -432,14 +417,9 @@ async fn a_redis_restart_keeps_running_streams_and_their_slots() {
         stall_secs: 30,
     };
     let config = two_tenants(dir.path(), &limits);
-    let opts = GatewayOptions {
-        config: Some(config.clone()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    };
     let (gw1, gw2) = (
-        Gateway::start(opts.clone()).await,
-        Gateway::start(opts).await,
+        Gateway::with_config(&config).await,
+        Gateway::with_config(&config).await,
     );
     let large = mint_for(&config, "a", &large_url(), "b");
     let small = mint_for(&config, "a", &server().url("progressive.mp4"), "b");
@@ -492,32 +472,12 @@ async fn a_redis_restart_keeps_running_streams_and_their_slots() {
 async fn at_its_open_files_limit_the_gateway_pauses_accepting_and_serves_again() {
     let file = progressive();
     let dir = tempfile::tempdir().unwrap();
-    let key = streamgate::plugin::builtin::xchacha_generate_key();
     // Idle connections are held by the test, not closed by the header timeout.
-    let text = format!(
-        r#"
-default_tenant = "main"
-[server]
-header_read_timeout_secs = 120
-[[tenant]]
-id = "main"
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", allow_private = "true" }} }}
-egress = {LOOPBACK_EGRESS}
-"#
-    );
-    let config = dir.path().join("streamgate.toml");
-    std::fs::write(&config, text).unwrap();
-    let gw = Gateway::start(GatewayOptions {
-        config: Some(config.clone()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    })
-    .await;
-    let link_to = |url: &str| {
-        let config = config.display().to_string();
-        gw.stream_url(&mint(&["--config", &config, "--url", url, "--format", "b"]))
-    };
+    let head = "default_tenant = \"main\"\n[server]\nheader_read_timeout_secs = 120\n";
+    let main = config::tenant("main", &[], &xchacha(&new_key()), &open_policy(""), "");
+    let config = config::write(dir.path(), &(head.to_owned() + &main));
+    let gw = Gateway::with_config(&config).await;
+    let link_to = |url: &str| gw.stream_url(&mint_for(&config, "main", url, "b"));
     let ok = link_to(&server().url("progressive.mp4"));
     assert_whole(&fetch(&ok, &[]).await, &file, "before", &gw);
     let bystander = Bystander::start(&link_to(&large_url()), None).await;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use streamgate_tests::config::{self, mint_for, new_key, open_policy, xchacha};
 use streamgate_tests::gateway::*;
 use streamgate_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,39 +19,14 @@ const BOUND: Duration = Duration::from_secs(30);
 /// A config file with one tenant `main` that streams loopback fixtures, `[server]` set to
 /// `server`, `[sidecar]` to `sidecar` and the tenant's `limits` to `limits`.
 fn config(dir: &Path, server: &str, sidecar: &str, limits: &str) -> PathBuf {
-    let key = streamgate::plugin::builtin::xchacha_generate_key();
-    let text = format!(
-        r#"
-default_tenant = "main"
-[server]
-{server}
-[sidecar]
-{sidecar}
-[[tenant]]
-id = "main"
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", allow_private = "true" }} }}
-egress = {LOOPBACK_EGRESS}
-limits = {{ {limits} }}
-"#
-    );
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn start(config: &Path) -> Gateway {
-    Gateway::start(GatewayOptions {
-        config: Some(config.to_owned()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    })
-    .await
+    let head = format!("default_tenant = \"main\"\n[server]\n{server}\n[sidecar]\n{sidecar}\n");
+    let limits = format!("limits = {{ {limits} }}");
+    let main = config::tenant("main", &[], &xchacha(&new_key()), &open_policy(""), &limits);
+    config::write(dir, &(head + &main))
 }
 
 fn link(gw: &Gateway, config: &Path, url: &str) -> String {
-    let config = config.display().to_string();
-    gw.stream_url(&mint(&["--config", &config, "--url", url, "--format", "b"]))
+    gw.stream_url(&mint_for(config, "main", url, "b"))
 }
 
 fn addr(gw: &Gateway) -> SocketAddr {
@@ -102,7 +78,7 @@ async fn until_closed(conn: &mut TcpStream) -> Vec<u8> {
 async fn slow_and_silent_heads_are_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "header_read_timeout_secs = 1", "", "");
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let at = addr(&gw);
     // Half a head (slowloris), nothing at all, and an HTTP/2 preface cut short: the last two
     // never get past hyper's protocol detection, where its own header timeout does not run.
@@ -151,7 +127,7 @@ async fn two_thousand_idle_connections_are_closed_after_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
     // Long enough for the request below to be served while all of them are open.
     let config = config(dir.path(), "header_read_timeout_secs = 10", "", "");
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let at = addr(&gw);
     let opened = tokio::time::Instant::now();
     let mut idle = Vec::with_capacity(IDLE);
@@ -212,7 +188,7 @@ async fn past_the_connection_cap_new_connections_close_while_streams_continue() 
     let dir = tempfile::tempdir().unwrap();
     let server = "max_connections = 4\nheader_read_timeout_secs = 60";
     let config = config(dir.path(), server, "", "");
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let at = addr(&gw);
     let stream = link(&gw, &config, &large_url());
     // One running stream...
@@ -275,7 +251,7 @@ async fn past_the_connection_cap_new_connections_close_while_streams_continue() 
 async fn metrics_and_the_detailed_readiness_are_on_the_admin_listener_only() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "", "", "");
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     // Clients: no metrics, and a readiness that says nothing but its status.
     let public = get(&gw, "/metrics").await.unwrap();
     assert_eq!(public.status(), 404);
@@ -348,7 +324,7 @@ async fn a_client_that_stops_reading_loses_its_stream_and_frees_its_job() {
         "max_jobs = 1",
         "",
     );
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let stream = link(&gw, &config, &large_url());
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(64 * 1024).unwrap();
@@ -380,7 +356,7 @@ async fn an_http2_stream_whose_client_stops_reading_is_cut_and_frees_its_job() {
         "max_jobs = 1",
         "",
     );
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let stream = link(&gw, &config, &large_url());
     let path = &stream[stream.find("/stream").unwrap()..];
     // Prior-knowledge h2c. The connection task keeps answering pings and settings; only the
@@ -412,7 +388,7 @@ async fn an_http2_stream_whose_client_stops_reading_is_cut_and_frees_its_job() {
 async fn a_resolve_body_that_never_ends_gets_408() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "resolve_body_timeout_secs = 1", "", "");
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let mut conn = TcpStream::connect(addr(&gw)).await.unwrap();
     let head = "POST /v1/resolve HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
                 Content-Length: 100\r\nConnection: close\r\n\r\n{\"url\":";
@@ -428,7 +404,7 @@ async fn a_resolve_body_that_never_ends_gets_408() {
 async fn a_stream_past_its_tenants_maximum_duration_is_cut_and_its_job_freed() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "", "max_jobs = 1", "max_stream_secs = 2");
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     // A client reading steadily, slower than the file could be sent in 2 s.
     let url = link(&gw, &config, &large_url());
     let cut = blocking(move || curl(&["--limit-rate", "1M"], &url)).await;
@@ -477,7 +453,7 @@ async fn serves_a_whole_file(gw: &Gateway, config: &Path) {
 async fn client_text_cannot_forge_a_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path(), "", "", "");
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     // serde's message repeats an unknown field's name as is: here, with a newline in it.
     let body = r#"{"url":"http://a.test/","x\nINFO streamgate: forged line":1}"#;
     let url = gw.url("/v1/resolve");

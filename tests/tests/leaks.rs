@@ -12,7 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use streamgate_testkit::procfs::{ProcInfo, descendants, fd_count, pss_kib};
-use streamgate_tests::gateway::{Gateway, GatewayOptions, LOOPBACK_EGRESS, mint};
+use streamgate_tests::config::{self, mint_for, new_key, open_policy, xchacha};
+use streamgate_tests::gateway::Gateway;
 use streamgate_tests::sidecar::POOL_COMMS;
 use streamgate_tests::{server, wait_until};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -92,31 +93,14 @@ struct Links {
 /// 2-core machine at load 20 CPU starvation alone misses 50 ms now and then: a 503 here
 /// would be the machine's, and the budget is the plugin tests' subject).
 fn config(dir: &Path) -> PathBuf {
-    let key = streamgate::plugin::builtin::xchacha_generate_key();
-    let text = format!(
-        r#"
-default_tenant = "main"
-[plugins]
-deadline_ms = 500
-[sidecar]
-max_jobs = 16
-args = ["--queue=256"]
-[[tenant]]
-id = "main"
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", allow_private = "true", resolve_clients = "127.0.0.0/8" }} }}
-egress = {LOOPBACK_EGRESS}
-"#
-    );
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let head = "default_tenant = \"main\"\n[plugins]\ndeadline_ms = 500\n[sidecar]\nmax_jobs = 16\nargs = [\"--queue=256\"]\n";
+    let policy = open_policy(r#", resolve_clients = "127.0.0.0/8""#);
+    let main = config::tenant("main", &[], &xchacha(&new_key()), &policy, "");
+    config::write(dir, &(head.to_owned() + &main))
 }
 
 fn path_of(config: &Path, url: &str, format: &str) -> String {
-    let config = config.display().to_string();
-    let token = mint(&["--config", &config, "--url", url, "--format", format]);
-    format!("/stream?data={token}")
+    format!("/stream?data={}", mint_for(config, "main", url, format))
 }
 
 /// One request over a fresh connection, dropped where `abort` says.
@@ -228,12 +212,7 @@ async fn a_thousand_aborted_downloads_leave_no_process_descriptor_or_memory_behi
     eprintln!("leaks: seed {seed} (STREAMGATE_LEAK_SEED={seed} repeats it)");
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let gw = Gateway::start(GatewayOptions {
-        config: Some(config.clone()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    })
-    .await;
+    let gw = Gateway::with_config(&config).await;
     let links = Links {
         progressive: path_of(&config, &server().url("progressive.mp4"), "b"),
         hls: path_of(&config, &server().url("hls/index.m3u8"), "b"),

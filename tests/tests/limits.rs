@@ -4,22 +4,12 @@
 //! its response without reading.
 
 use std::net::IpAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
+use streamgate_tests::config::mint_for;
 use streamgate_tests::gateway::*;
-use streamgate_tests::redis::{RedisServer, TwoTenants, mint_for, two_tenants};
+use streamgate_tests::redis::{RedisServer, TwoTenants, two_tenants};
 use streamgate_tests::*;
-
-/// A gateway on `config`.
-async fn gateway(config: &Path) -> Gateway {
-    let opts = GatewayOptions {
-        config: Some(config.to_owned()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    };
-    Gateway::start(opts).await
-}
 
 /// A client whose connections leave from `from` (any 127/8 address is loopback).
 fn client_from(from: &str) -> reqwest::Client {
@@ -61,7 +51,7 @@ async fn a_tenant_at_its_limit_gets_429_while_another_streams() {
         stall_secs: 120,
     };
     let config = two_tenants(dir.path(), &limits);
-    let gw = gateway(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let stalled = gw.stream_url(&mint_for(
         &config,
         "a",
@@ -123,7 +113,7 @@ async fn a_per_client_limit_holds_across_many_connections() {
         stall_secs: 120,
     };
     let config = two_tenants(dir.path(), &limits);
-    let gw = gateway(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let stalled = gw.stream_url(&mint_for(
         &config,
         "a",
@@ -169,7 +159,7 @@ async fn resolves_per_minute_gives_429() {
         stall_secs: 30,
     };
     let config = two_tenants(dir.path(), &limits);
-    let gw = gateway(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let http = reqwest::Client::new();
     let body = serde_json::json!({ "url": server().url("progressive.mp4") });
     let mut statuses = Vec::new();
@@ -200,7 +190,7 @@ async fn resolves_per_client(global: &str) {
         stall_secs: 30,
     };
     let config = two_tenants(dir.path(), &limits);
-    let gw = gateway(&config).await;
+    let gw = Gateway::with_config(&config).await;
     let body = serde_json::json!({ "url": server().url("progressive.mp4") }).to_string();
     let mut statuses = Vec::new();
     for from in ["127.0.0.1", "127.0.0.1", "127.0.0.1", "127.0.0.2"] {
@@ -264,7 +254,10 @@ async fn two_gateways_share_a_limit_in_redis_and_a_killed_one_frees_its_slots() 
         stall_secs: 120,
     };
     let config = two_tenants(dir.path(), &limits);
-    let (mut one, two) = (gateway(&config).await, gateway(&config).await);
+    let (mut one, two) = (
+        Gateway::with_config(&config).await,
+        Gateway::with_config(&config).await,
+    );
     let token = mint_for(&config, "a", &server().url("stall/progressive.mp4"), "b");
     let http = reqwest::Client::new();
     let mut held = Vec::new();
@@ -348,7 +341,7 @@ async fn redis_down_follows_on_limiter_error() {
             stall_secs: 30,
         };
         let config = two_tenants(sub, &limits);
-        let gw = gateway(&config).await;
+        let gw = Gateway::with_config(&config).await;
         let link = gw.stream_url(&mint_for(
             &config,
             "a",

@@ -9,31 +9,19 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use streamgate_tests::config::{self, mint_for, new_key, open_policy, xchacha};
 use streamgate_tests::gateway::*;
 use streamgate_tests::*;
 
 /// The config file of the four tenants, one key ring (tokens are bound to their tenant).
 fn write_config(dir: &Path) -> PathBuf {
-    let key = streamgate::plugin::builtin::xchacha_generate_key();
+    let token = xchacha(&new_key());
     let misbehave = streamgate::plugin::builtin::test_misbehave_media_path();
-    let tenant = |id: &str, policy: &str| {
-        format!(
-            r#"
-[[tenant]]
-id = "{id}"
-hosts = ["{id}.test"]
-token = {{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}
-policy = {policy}
-egress = {LOOPBACK_EGRESS}
-"#
-        )
-    };
+    let tenant =
+        |id: &str, policy: &str| config::tenant(id, &[&format!("{id}.test")], &token, policy, "");
     let text = [
         "[sidecar]\nmax_jobs = 8\n".to_owned(),
-        tenant(
-            "legacy",
-            r#"{ builtin = "policy-allowlist", config = { hosts = "*", allow_private = "true" } }"#,
-        ),
+        tenant("legacy", &open_policy("")),
         tenant(
             "strict",
             r#"{ builtin = "policy-media", config = { deny_live = "true", max_duration_secs = "5" } }"#,
@@ -48,31 +36,20 @@ egress = {LOOPBACK_EGRESS}
         ),
     ]
     .concat();
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    config::write(dir, &text)
 }
 
 /// A gateway on the four tenants' config, and the config (for `mint`).
 async fn start() -> (Gateway, PathBuf, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let gw = Gateway::start(GatewayOptions {
-        config: Some(config.clone()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    })
-    .await;
+    let gw = Gateway::with_config(&config).await;
     (gw, config, dir)
 }
 
 /// `GET` (or with `-I`, `HEAD`) of `url` as `tenant`, through a token minted for it.
 async fn fetch(gw: &Gateway, config: &Path, tenant: &str, url: &str, extra: &[&str]) -> CurlResult {
-    let cfg = config.display().to_string();
-    let token = mint(&[
-        "--config", &cfg, "--tenant", tenant, "--url", url, "--format", "b",
-    ]);
-    let link = gw.stream_url(&token);
+    let link = gw.stream_url(&mint_for(config, tenant, url, "b"));
     let mut args = vec!["-H".to_owned(), format!("Host: {tenant}.test")];
     args.extend(extra.iter().map(|s| s.to_string()));
     blocking(move || curl(&args.iter().map(String::as_str).collect::<Vec<_>>(), &link)).await

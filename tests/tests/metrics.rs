@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
+use streamgate_tests::config::mint_for;
 use streamgate_tests::gateway::*;
-use streamgate_tests::redis::{TwoTenants, mint_for, two_tenants};
+use streamgate_tests::redis::{TwoTenants, two_tenants};
 use streamgate_tests::*;
 
 /// The value of the sample `name{labels}` (labels as written, e.g. `tenant="a"`).
@@ -31,12 +32,7 @@ async fn metrics_match_a_scripted_sequence_exactly() {
         stall_secs: 30,
     };
     let config = two_tenants(dir.path(), &limits);
-    let opts = GatewayOptions {
-        config: Some(config.clone()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    };
-    let gw = Gateway::start(opts).await;
+    let gw = Gateway::with_config(&config).await;
     let get = |link: String, host: &str| {
         let header = format!("Host: {host}");
         blocking(move || curl(&["-H", &header], &link))

@@ -9,46 +9,20 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
+use streamgate_tests::config::{self, mint_for, open_policy, xchacha};
 use streamgate_tests::gateway::*;
 use streamgate_tests::*;
 
-/// One `[[tenant]]` with a token-xchacha ring, an allowlist policy open to loopback URLs
-/// and the loopback egress (fixtures on 127.0.0.1, random ports).
+/// One `[[tenant]]` with a token-xchacha ring `keys` and the allowlist policy open to
+/// loopback URLs plus `policy_extra` fields.
 fn tenant(id: &str, hosts: &[&str], keys: &str, policy_extra: &str) -> String {
-    format!(
-        r#"
-[[tenant]]
-id = "{id}"
-hosts = {hosts:?}
-token = {{ builtin = "token-xchacha", config = {{ keys = "{keys}" }} }}
-policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", allow_private = "true"{policy_extra} }} }}
-egress = {LOOPBACK_EGRESS}
-"#
-    )
+    config::tenant(id, hosts, &xchacha(keys), &open_policy(policy_extra), "")
 }
 
 /// Writes `streamgate.toml` in `dir`; room for many parked jobs in the sidecar.
 fn write_config(dir: &Path, head: &str, tenants: &[String]) -> PathBuf {
     let text = format!("{head}\n[sidecar]\nmax_jobs = 32\n{}", tenants.concat());
-    let path = dir.join("streamgate.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-async fn start(config: &Path) -> Gateway {
-    Gateway::start(GatewayOptions {
-        config: Some(config.to_owned()),
-        allow_private_urls: false,
-        ..GatewayOptions::default()
-    })
-    .await
-}
-
-fn mint_for(config: &Path, tenant: &str, url: &str, format: &str) -> String {
-    let cfg = config.display().to_string();
-    mint(&[
-        "--config", &cfg, "--tenant", tenant, "--url", url, "--format", format,
-    ])
+    config::write(dir, &text)
 }
 
 /// `curl -I` (a real job up to the metadata, no media) with a Host header.
@@ -86,7 +60,7 @@ async fn tokens_work_only_on_their_tenants_host() {
         ),
     ];
     let config = write_config(dir.path(), "", &tenants);
-    let mut gw = start(&config).await;
+    let mut gw = Gateway::with_config(&config).await;
     let url = server().url("audio-only.m4a");
     let ta = mint_for(&config, "a", &url, "b");
     let tb = mint_for(&config, "b", &url, "b");
@@ -163,7 +137,7 @@ async fn resolve_then_stream_every_fixture_kind() {
         tenant("closed", &["closed.test"], &plugin_key(), ""),
     ];
     let config = write_config(dir.path(), "", &tenants);
-    let gw = start(&config).await;
+    let gw = Gateway::with_config(&config).await;
     for path in [
         "progressive.mp4",
         "video-only.mp4",
@@ -310,7 +284,7 @@ async fn sighup_rotates_keys_while_twenty_streams_run() {
     let (old, new) = (plugin_key(), plugin_key());
     let ring = |keys: &str| [tenant("t", &["t.test"], keys, "")];
     let config = write_config(dir.path(), "", &ring(&old));
-    let mut gw = start(&config).await;
+    let mut gw = Gateway::with_config(&config).await;
     let small = server().url("audio-only.m4a");
     let old_token = mint_for(&config, "t", &small, "b");
     let large = mint_for(&config, "t", &large_url(), "b");
