@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use futures::TryStreamExt;
+use futures::{FutureExt, TryStreamExt};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -130,11 +130,14 @@ async fn serve<M, S>(
                 req.extensions_mut().insert(ClientAddr(remote));
                 let watch = (req.version() == Version::HTTP_2)
                     .then(|| FlowStall::watch(limit, stalled.clone(), metrics.clone()));
-                let answer = svc.call(req);
-                async move {
-                    let resp = answer.await?;
-                    Ok::<_, Infallible>(resp.map(|body| WatchedBody { body, watch }))
-                }
+                // hyper keeps this future in a slot that lives as long as the connection
+                // (HTTP/1) or the stream (HTTP/2), so its size is paid by every stalled
+                // stream: warp's future (≈ 13 KiB) is boxed, freed once the head is out, and
+                // wrapped by `map`, not an async block, which would hold it twice (as capture
+                // and across its await: 27 KiB, bench/results/2026-12-02-session6-pss.md).
+                Box::pin(svc.call(req)).map(move |answer| {
+                    answer.map(|resp| resp.map(|body| WatchedBody { body, watch }))
+                })
             })
         };
         let watcher = graceful.watcher();
