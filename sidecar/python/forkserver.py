@@ -8,9 +8,10 @@
 # their real exit status and reaps them. A worker that takes a job calls setsid (its own
 # process group, killed as one on cancel), dup2s the pipes it got over SCM_RIGHTS onto
 # 1, 2, 3, 4, acks its pid on the job's status socket, joins the job's network namespace
-# (netns mode: the fd sent last), takes the job's rlimits and no_new_privs (confine.rs),
-# moves into the job's own directory and runs yt_dlp.main(argv). Run as `python -I`:
-# nothing is imported from a cwd.
+# (netns mode: the fd sent last), takes the job's rlimits and no_new_privs, becomes the
+# job user if there is one (confine.rs: the forkserver keeps the sidecar's uid, which
+# setns needs), moves into the job's own directory and runs yt_dlp.main(argv). Run as
+# `python -I`: nothing is imported from a cwd.
 #
 # argv: IDLE FFMPEG_LOCATION ('' for none). cwd and environment are the jobs' own.
 import ctypes
@@ -394,10 +395,18 @@ def worker(yt_dlp, jobs, notify_w, intermediate, sidecar):
             resource.setrlimit(getattr(resource, 'RLIMIT_' + name), (soft, hard))
         if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), 'prctl(PR_SET_NO_NEW_PRIVS)')
+        if job.get('user') is not None:  # last: the uid change clears the death signal
+            uid, gid = job['user']
+            os.setgroups([])
+            os.setgid(gid)
+            os.setuid(uid)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+            if os.getppid() != sidecar:
+                os._exit(1)
+        os.chdir(job['cwd'])  # as the job user: a directory it cannot reach fails here
     except (OSError, ValueError) as e:
         print(f'ERROR: cannot confine the job: {e}', file=sys.stderr, flush=True)
         os._exit(1)
-    os.chdir(job['cwd'])
     os.environ.update(job['env'])
     os._exit(run(yt_dlp, job['argv']))
 

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 pub use cache::{Cache, CacheLimits};
 pub use classify::{classify, merge_refused};
-pub use confine::Confinement;
+pub use confine::{Confinement, JobUser, UserError};
 pub use egress::netns::enter_user_namespace;
 /// The HLS playlist parser, public only for its fuzz target (`fuzz/`).
 pub use fetch::hls::Playlist;
@@ -79,7 +79,7 @@ pub struct Config {
     pub pass_env: Vec<String>,
     /// Idle pre-forked workers of the warm pool; 0 disables the pool (every job spawns).
     pub pool_idle: usize,
-    /// The limits every job process (yt-dlp, ffmpeg) runs under.
+    /// The limits and the user every job process (yt-dlp, ffmpeg) runs under.
     pub confinement: Confinement,
     /// The extraction cache's bounds (ttl zero: no cache).
     pub cache: CacheLimits,
@@ -132,6 +132,9 @@ pub enum Error {
         /// What went wrong.
         reason: String,
     },
+    /// `--job-user` is given and cannot be used.
+    #[error("--job-user: {0}")]
+    JobUser(#[from] UserError),
     /// Spawning a job's process failed.
     #[error("cannot start yt-dlp: {0}")]
     Spawn(std::io::Error),

@@ -6,7 +6,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use streamgate_protocol::logline::OneLine;
-use streamgate_sidecar::{CacheLimits, Config, Confinement, Netns, Server, default_yt_dlp};
+use streamgate_sidecar::{
+    CacheLimits, Config, Confinement, JobUser, Netns, Server, default_yt_dlp,
+};
 
 /// Runs yt-dlp jobs for the gateway over a Unix socket (docs/protocol.md).
 #[derive(Parser, Debug)]
@@ -87,6 +89,13 @@ struct Args {
     /// Open descriptors of each job process.
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(16..))]
     job_open_files: u64,
+    /// Run every job process (yt-dlp, ffmpeg) as this user, not as the sidecar's: NAME or
+    /// UID (group: its primary one), NAME:GROUP or UID:GID; no supplementary groups, never
+    /// root. Needs a sidecar running as real root (it keeps root for the namespaces; each
+    /// job drops it). At start, yt-dlp --version runs as this user: the sidecar refuses to
+    /// start when the user cannot run yt-dlp or its interpreter (e.g. under a 0700 home).
+    #[arg(long, value_name = "USER[:GROUP]")]
+    job_user: Option<JobUser>,
     /// Seconds a resolve's info is reused by streams of the same URL; 0 disables.
     #[arg(long, default_value_t = 60.0)]
     cache_ttl: f64,
@@ -118,9 +127,11 @@ fn secs(name: &str, value: f64) -> anyhow::Result<Duration> {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // Before any thread exists: a user namespace can only be entered single-threaded.
-    // (Not with --socket-group or --allow-uid: that group or uid would not be mapped into
-    // the namespace, and every unmapped peer would show as the same overflow uid.)
+    // (Not with --socket-group, --allow-uid or --job-user: that group or uid would not be
+    // mapped into the namespace, and every unmapped peer would show as the same overflow
+    // uid; a job could not switch to it.)
     let userns = match (&args.socket_group, args.allow_uid.is_empty(), args.no_netns) {
+        _ if args.job_user.is_some() => Err(std::io::Error::other("--job-user is set")),
         (None, true, false) => streamgate_sidecar::enter_user_namespace(),
         (Some(_), _, _) => Err(std::io::Error::other("--socket-group is set")),
         (_, false, _) => Err(std::io::Error::other("--allow-uid is set")),
@@ -187,6 +198,7 @@ async fn serve(args: Args, userns: std::io::Result<()>) -> anyhow::Result<()> {
             address_space: args.job_memory_mib << 20,
             cpu_secs: args.job_cpu_secs,
             open_files: args.job_open_files,
+            user: args.job_user,
         },
         cache: CacheLimits {
             ttl: secs("cache-ttl", args.cache_ttl)?,

@@ -87,39 +87,15 @@ pub(crate) fn merge(
     }
     cmd.args(["-c", "copy"]).args(format_args).arg("pipe:1");
     cmd.env_clear()
-        .current_dir(place.dir)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
-    let raw: Vec<i32> = reads.iter().map(AsRawFd::as_raw_fd).collect();
-    let (ns, confine) = (place.ns, place.confine);
-    // SAFETY: only async-signal-safe calls between fork and exec (setns, fcntl, dup2, prctl,
-    // setrlimit).
-    unsafe {
-        cmd.pre_exec(move || {
-            if let Some(ns) = ns {
-                crate::egress::netns::join(ns)?;
-            }
-            // Copies above the targets first, so no source is clobbered by another's dup2.
-            let mut high = Vec::with_capacity(raw.len());
-            for fd in &raw {
-                let copy = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
-                if copy < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                high.push(copy);
-            }
-            for (i, fd) in high.into_iter().enumerate() {
-                if libc::dup2(fd, FIRST_FD + i as i32) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            confine.apply()
-        });
-    }
+    let moves: Vec<(i32, i32)> = (reads.iter().map(AsRawFd::as_raw_fd))
+        .zip(FIRST_FD..)
+        .collect();
+    place.enter(&mut cmd, &moves)?;
     let mut child = cmd.spawn()?;
     drop(cmd);
     drop(reads);

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io::IoSlice;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -231,6 +231,9 @@ impl Pool {
         let mut targets = vec![1, 2];
         for (fd, target) in [(&meta, 3), (&info, INFO_FD)] {
             if let Some(fd) = fd {
+                if let Err(e) = place.hand_over(fd.as_fd()) {
+                    return Some(Err(Error::Spawn(e)));
+                }
                 fds.push(fd.as_raw_fd());
                 targets.push(target);
             }
@@ -256,6 +259,7 @@ impl Pool {
             "env": env,
             "netns": place.ns.is_some(),
             "limits": place.confine.rlimits(),
+            "user": place.confine.user.map(|u| [u.uid, u.gid]),
         })
         .to_string();
         let rights = [ControlMessage::ScmRights(&fds)];

@@ -1,6 +1,7 @@
 //! What one job runs in: a fresh private directory (its cwd, HOME and TMPDIR, removed with
-//! the job), and its own network — the egress proxy, inside a namespace of the job's own in
-//! netns mode. Dropped after the job's processes are dead.
+//! the job; the job user's with `--job-user`), and its own network — the egress proxy,
+//! inside a namespace of the job's own in netns mode. Dropped after the job's processes
+//! are dead.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
@@ -10,15 +11,15 @@ use std::sync::Arc;
 use streamgate_protocol::{EgressMode, ErrorCode, JobError};
 
 use crate::Error;
-use crate::confine::Confinement;
+use crate::confine::{Confinement, JobUser};
 use crate::egress::Egress;
 use crate::egress::netns::JobNet;
 use crate::egress::proxy::JobProxy;
-use crate::ytdlp::{JobArgs, Place};
+use crate::ytdlp::{JobArgs, Place, YtDlp};
 
 /// One job's directory and network.
 pub(crate) struct Sandbox {
-    dir: PathBuf,
+    dir: JobDir,
     ns: Option<OwnedFd>,
     proxy: JobProxy,
     egress: Arc<Egress>,
@@ -34,15 +35,8 @@ impl Sandbox {
         egress: Arc<Egress>,
         confine: Confinement,
     ) -> Result<Sandbox, Error> {
-        let dir = root.join(format!("job-{:016x}", crate::egress::random_u128() as u64));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(Error::Spawn)?;
-        let net = JobNet::new(mode).map_err(|e| {
-            let _ = std::fs::remove_dir(&dir);
-            Error::Network(e)
-        })?;
+        let dir = JobDir::new(root, confine.user)?;
+        let net = JobNet::new(mode).map_err(Error::Network)?;
         let proxy = JobProxy::start(net.listener, Arc::clone(&egress)).map_err(Error::Network)?;
         Ok(Sandbox {
             dir,
@@ -73,7 +67,7 @@ impl Sandbox {
     /// Where the job's processes run.
     pub fn place(&self) -> Place<'_> {
         Place {
-            dir: &self.dir,
+            dir: self.dir.path(),
             ns: self.ns(),
             confine: self.confine,
         }
@@ -92,10 +86,53 @@ impl Sandbox {
     }
 }
 
-impl Drop for Sandbox {
+/// Runs `yt-dlp --version` where and as a job runs (a directory of its own, a namespace
+/// in netns mode, the limits, the job user): a yt-dlp, an interpreter or a work dir the
+/// job user cannot reach stops the start, not the first job.
+pub(crate) async fn probe(
+    ytdlp: &YtDlp,
+    root: &Path,
+    mode: EgressMode,
+    confine: Confinement,
+) -> Result<String, Error> {
+    let dir = JobDir::new(root, confine.user)?;
+    let net = JobNet::new(mode).map_err(Error::Network)?;
+    let place = Place {
+        dir: dir.path(),
+        ns: net.ns.as_ref().map(AsRawFd::as_raw_fd),
+        confine,
+    };
+    ytdlp.version(place).await
+}
+
+/// A job's own directory under the work root: a random name, mode 0700, the job user's
+/// when there is one (the root is then 0711: traversable, not listable). Removed on drop.
+struct JobDir(PathBuf);
+
+impl JobDir {
+    fn new(root: &Path, user: Option<JobUser>) -> Result<JobDir, Error> {
+        let path = root.join(format!("job-{:016x}", crate::egress::random_u128() as u64));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&path)
+            .map_err(Error::Spawn)?;
+        let dir = JobDir(path);
+        if let Some(user) = user {
+            std::os::unix::fs::chown(&dir.0, Some(user.uid), Some(user.gid))
+                .map_err(Error::Spawn)?;
+        }
+        Ok(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for JobDir {
     fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), "cannot remove the job directory: {e}");
+        if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            tracing::warn!(dir = %self.0.display(), "cannot remove the job directory: {e}");
         }
     }
 }

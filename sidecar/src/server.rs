@@ -24,7 +24,7 @@ use crate::job::{self, Outcome, peer_ended, peer_event};
 use crate::native::Want;
 use crate::peer::Peers;
 use crate::pool::Pool;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{self, Sandbox};
 use crate::slots::{Refused, Slots};
 use crate::ytdlp::YtDlp;
 use crate::{Cache, Config, Error, Netns, resolve, stream};
@@ -99,7 +99,13 @@ fn prepare_work_dir(config: &Config) -> Result<(PathBuf, bool), Error> {
         reason,
     };
     std::fs::create_dir_all(&dir).map_err(|e| fail(e.to_string()))?;
-    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+    // A job user must pass through to its own directory; the names are random, and not
+    // listable.
+    let mode = match config.confinement.user {
+        Some(_) => 0o711,
+        None => 0o700,
+    };
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
         .map_err(|e| fail(e.to_string()))?;
     let mut entries = std::fs::read_dir(&dir).map_err(|e| fail(e.to_string()))?;
     if entries.next().is_some() {
@@ -111,6 +117,9 @@ fn prepare_work_dir(config: &Config) -> Result<(PathBuf, bool), Error> {
 impl Server {
     /// Checks yt-dlp, prepares the work dir, becomes a child subreaper and binds the socket.
     pub async fn start(config: Config) -> Result<Server, Error> {
+        if let Some(user) = config.confinement.user {
+            user.check_switchable()?;
+        }
         let (work_dir, own) = prepare_work_dir(&config)?;
         let probed = match config.netns {
             Netns::Off => Err(std::io::Error::other("--no-netns")),
@@ -132,7 +141,7 @@ impl Server {
             config.ffmpeg.clone(),
             &config.pass_env,
         );
-        let yt_dlp = ytdlp.version().await?;
+        let yt_dlp = sandbox::probe(&ytdlp, &work_dir, egress, config.confinement).await?;
         // ffmpeg orphaned by a killed yt-dlp is re-parented to us, so we can reap it.
         // SAFETY: prctl with integer arguments only.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) };

@@ -1,8 +1,9 @@
 //! Starting yt-dlp: the command line, a cleared environment, a private cwd, its own process
 //! group (so yt-dlp and any ffmpeg it starts die together) and the pipes the job reads.
 
-use std::ffi::OsString;
-use std::os::fd::OwnedFd;
+use std::ffi::{CString, OsString};
+use std::os::fd::{BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -36,6 +37,11 @@ pub const STREAM_DOWNLOADERS: &[&str] = &[
 ];
 /// Where a cached info JSON is read from (`--load-info-json`): a pipe, not a file.
 pub(crate) const INFO_FD: i32 = 4;
+/// Most descriptors a job's process gets at numbers of their own besides stdio (yt-dlp
+/// two, ffmpeg one per input): a fixed array, as nothing may allocate after the fork.
+const MAX_MOVES: usize = 8;
+/// Where those descriptors are copied first, above every number they move to.
+const MOVE_ABOVE: i32 = 64;
 /// Only protocols whose bytes reach stdout without a file: yt-dlp's own downloaders for
 /// ism, f4m, dash generators, websocket fragments, … write every fragment to the cwd.
 /// A format with any other protocol is rejected before its download starts (exit 101).
@@ -73,7 +79,7 @@ pub struct YtDlp {
 }
 
 /// Where one job's process runs: its own directory, in netns mode its namespace, and under
-/// which limits.
+/// which limits and user.
 #[derive(Clone, Copy, Debug)]
 pub struct Place<'a> {
     pub dir: &'a Path,
@@ -85,6 +91,69 @@ impl Place<'_> {
     /// The variables pointing into the job's directory (cwd, HOME, TMPDIR, caches).
     pub fn env(&self) -> [(&'static str, &Path); 4] {
         ["HOME", "TMPDIR", "XDG_CACHE_HOME", "XDG_CONFIG_HOME"].map(|k| (k, self.dir))
+    }
+
+    /// Hands `fd`, which the job may open again by path (`/dev/fd/N`), to the job user:
+    /// a pipe is its creator's with mode 0600, so the job would get EACCES.
+    pub(crate) fn hand_over(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        match self.confine.user {
+            Some(user) => user.own(fd),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes `cmd` start in this place. Between fork and exec, in this order: joins the
+    /// namespace (needs root), puts each `(fd, number)` of `moves` at its number (handed to
+    /// the job user), takes the limits and becomes the job user ([`Confinement::apply`]),
+    /// enters the job's directory as that user (one it cannot reach fails the start), and
+    /// asks to die with the sidecar (a uid change clears that request, so it comes last).
+    pub(crate) fn enter(&self, cmd: &mut Command, moves: &[(RawFd, i32)]) -> std::io::Result<()> {
+        let n = moves.len();
+        if n > MAX_MOVES || moves.iter().any(|(_, target)| *target >= MOVE_ABOVE) {
+            return Err(std::io::Error::other(
+                "too many descriptors for a job's process",
+            ));
+        }
+        for (fd, _) in moves {
+            // SAFETY: the caller keeps `fd` open until the spawn returns.
+            self.hand_over(unsafe { BorrowedFd::borrow_raw(*fd) })?;
+        }
+        let dir = CString::new(self.dir.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+        let mut fixed = [(-1, -1); MAX_MOVES];
+        fixed[..n].copy_from_slice(moves);
+        let (ns, confine) = (self.ns, self.confine);
+        // SAFETY: between fork and exec only async-signal-safe calls (setns, fcntl, dup2,
+        // setrlimit, prctl, setgroups, setgid, setuid, chdir), nothing allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                let last = std::io::Error::last_os_error;
+                if let Some(ns) = ns {
+                    crate::egress::netns::join(ns)?;
+                }
+                // Copies above every target first, so no source is clobbered by another's
+                // dup2 (the copies are close-on-exec).
+                let mut high = [-1; MAX_MOVES];
+                for (copy, (fd, _)) in high.iter_mut().zip(&fixed[..n]) {
+                    *copy = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, MOVE_ABOVE);
+                    if *copy < 0 {
+                        return Err(last());
+                    }
+                }
+                for (copy, (_, target)) in high.iter().zip(&fixed[..n]) {
+                    if libc::dup2(*copy, *target) < 0 {
+                        return Err(last());
+                    }
+                }
+                confine.apply()?;
+                if libc::chdir(dir.as_ptr()) != 0 {
+                    return Err(last());
+                }
+                // The job's processes die with the sidecar even if it is SIGKILLed.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        Ok(())
     }
 }
 
@@ -207,19 +276,36 @@ impl YtDlp {
         args
     }
 
-    /// Runs `yt-dlp --version` (also proves the installation works).
-    pub async fn version(&self) -> Result<String, Error> {
-        let fail = |reason: String| Error::YtDlp {
-            path: self.path.clone(),
-            reason,
+    /// Runs `yt-dlp --version` in `place`, as a job would run (also proves the
+    /// installation works there, for the job user too). A failure names the path the job
+    /// user cannot reach, when the mode bits tell.
+    pub async fn version(&self, place: Place<'_>) -> Result<String, Error> {
+        let user = place.confine.user;
+        let who = user.map_or(String::new(), |u| {
+            format!("as uid {} gid {} (--job-user): ", u.uid, u.gid)
+        });
+        let fail = |reason: String| {
+            let interpreter = self.interpreter();
+            let mut needed = vec![(place.dir, 0o1, "enter"), (self.path.as_path(), 0o5, "run")];
+            needed.extend(interpreter.as_deref().map(|p| (p, 0o1, "run")));
+            let hint = user.and_then(|u| u.blocked(&needed));
+            Error::YtDlp {
+                path: self.path.clone(),
+                reason: format!(
+                    "{who}{reason}{}",
+                    hint.map_or(String::new(), |h| format!("; {h}"))
+                ),
+            }
         };
-        let run = self
-            .command()
+        let mut cmd = self.command();
+        cmd.envs(place.env())
             .arg("--version")
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output();
-        let out = tokio::time::timeout(Duration::from_secs(60), run)
+            .stderr(Stdio::piped());
+        place
+            .enter(&mut cmd, &[])
+            .map_err(|e| fail(e.to_string()))?;
+        let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
             .await
             .map_err(|_| fail("--version took over 60 s".into()))?
             .map_err(|e| fail(e.to_string()))?;
@@ -254,12 +340,17 @@ impl YtDlp {
         self.ffmpeg.as_deref()
     }
 
-    /// The interpreter of a Python yt-dlp (its `#!` line), for the pool.
-    pub fn python(&self) -> Option<PathBuf> {
+    /// The interpreter of a script yt-dlp (the first word of its `#!` line).
+    fn interpreter(&self) -> Option<PathBuf> {
         let head = std::fs::read(&self.path).ok()?;
         let line = head.split(|b| *b == b'\n').next()?;
         let interp = std::str::from_utf8(line.strip_prefix(b"#!")?).ok()?.trim();
-        let interp = PathBuf::from(interp.split_whitespace().next()?);
+        Some(PathBuf::from(interp.split_whitespace().next()?))
+    }
+
+    /// The interpreter of a Python yt-dlp (its `#!` line), for the pool.
+    pub fn python(&self) -> Option<PathBuf> {
+        let interp = self.interpreter()?;
         let name = interp.file_name()?.to_str()?;
         (name.starts_with("python") && interp.is_file()).then_some(interp)
     }
@@ -280,44 +371,16 @@ impl YtDlp {
             meta,
         } = theirs;
         let mut cmd = self.command();
-        cmd.current_dir(place.dir)
-            .envs(place.env())
+        cmd.envs(place.env())
             .args(&args)
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr))
             .process_group(0);
-        let moves = [(raw(&meta), META_FD), (raw(&info), INFO_FD)];
-        let (ns, confine) = (place.ns, place.confine);
-        // SAFETY: between fork and exec only async-signal-safe calls (setns, dup2, fcntl,
-        // prctl, setrlimit).
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(ns) = ns {
-                    crate::egress::netns::join(ns)?;
-                }
-                // Copies above 10 first, so no source is clobbered by another's dup2.
-                let mut high = [None; 2];
-                for (slot, (fd, _)) in high.iter_mut().zip(moves) {
-                    if let Some(fd) = fd {
-                        let copy = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 10);
-                        if copy < 0 {
-                            return Err(std::io::Error::last_os_error());
-                        }
-                        *slot = Some(copy);
-                    }
-                }
-                for (fd, (_, target)) in high.into_iter().zip(moves) {
-                    if let Some(fd) = fd
-                        && libc::dup2(fd, target) < 0
-                    {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // yt-dlp dies with the sidecar even if the sidecar is SIGKILLed.
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                confine.apply()
-            });
-        }
+        let moves: Vec<(RawFd, i32)> = [(raw(&meta), META_FD), (raw(&info), INFO_FD)]
+            .into_iter()
+            .filter_map(|(fd, target)| Some((fd?, target)))
+            .collect();
+        place.enter(&mut cmd, &moves).map_err(Error::Spawn)?;
         let child = cmd.spawn().map_err(Error::Spawn)?;
         drop(cmd); // closes our copies of the write ends, so the readers see EOF at exit
         drop((meta, info));

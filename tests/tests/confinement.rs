@@ -4,8 +4,9 @@
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
+use std::time::Duration;
 
 use streamgate_protocol::{ProtocolError, client_handshake, connection};
 use streamgate_tests::*;
@@ -413,3 +414,345 @@ async fn job_processes_run_confined(pool: bool) {
 }
 
 both_paths!(job_processes_run_confined);
+
+/// A yt-dlp uid 65534 can run, installed as deploy/Containerfile installs it: a venv of
+/// Debian's `/usr/bin/python3` (3.11, the minor of the project's venv) in a 0755 temp
+/// dir, the project's `yt_dlp` package (pure Python) in its site-packages, and pip's entry
+/// script, whose `#!` names the venv's python: the pool's forkserver runs that python and
+/// imports `yt_dlp` from its site-packages. (The project venv's python lives under /root,
+/// mode 0700.)
+struct JobYtDlp {
+    dir: tempfile::TempDir,
+}
+
+impl JobYtDlp {
+    fn new() -> JobYtDlp {
+        let dir = tempfile::Builder::new()
+            .prefix("sg-job-yt-dlp")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let venv = dir.path().join("venv");
+        let run = |cmd: &mut std::process::Command| {
+            let out = cmd.output().unwrap();
+            assert!(out.status.success(), "{cmd:?}: {out:?}");
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        };
+        run(std::process::Command::new("/usr/bin/python3")
+            .args(["-m", "venv", "--without-pip"])
+            .arg(&venv));
+        let ask = |python: &Path, code: &str| {
+            run(std::process::Command::new(python).args(["-I", "-c", code]))
+        };
+        let project_python = yt_dlp().with_file_name("python3");
+        let package = ask(
+            &project_python,
+            "import os, yt_dlp; print(os.path.dirname(yt_dlp.__file__))",
+        );
+        let site = ask(
+            &venv.join("bin/python3"),
+            "import sysconfig; print(sysconfig.get_path('purelib'))",
+        );
+        run(std::process::Command::new("cp").args(["-R", &package, &site]));
+        let script = venv.join("bin/yt-dlp");
+        let text = format!(
+            "#!{}\nimport sys\nfrom yt_dlp import main\nif __name__ == '__main__':\n    sys.exit(main())\n",
+            venv.join("bin/python3").display()
+        );
+        std::fs::write(&script, text).unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        JobYtDlp { dir }
+    }
+
+    fn path(&self) -> std::path::PathBuf {
+        self.dir.path().join("venv/bin/yt-dlp")
+    }
+}
+
+/// A parent for a sidecar's work dir that uid 65534 may pass through (mode 0711).
+fn passable_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).unwrap();
+    dir
+}
+
+/// `Uid:`, `Gid:` and `Groups:` of `/proc/PID/status`.
+fn ids(pid: i32) -> [String; 3] {
+    ["Uid", "Gid", "Groups"].map(|name| status_field(pid, name))
+}
+
+/// What `ids` shows for a process running as 65534:65534 with no supplementary group
+/// (real, effective, saved and file-system ids alike).
+fn nobody_ids() -> [String; 3] {
+    let all = "65534\t65534\t65534\t65534".to_owned();
+    [all.clone(), all, String::new()]
+}
+
+/// Waits for a live job process called `comm` running as 65534:65534 with no other group;
+/// fails showing the ids of every job process seen.
+async fn live_as_nobody(sc: &Sidecar, comm: &str) -> i32 {
+    let mut pid = None;
+    let found = wait_until(SLOW, || {
+        pid = sc
+            .job_processes()
+            .into_iter()
+            .find(|p| p.comm == comm && ids(p.pid) == nobody_ids())
+            .map(|p| p.pid);
+        pid.is_some()
+    })
+    .await;
+    let seen: Vec<_> = sc
+        .job_processes()
+        .into_iter()
+        .map(|p| (p.comm.clone(), ids(p.pid)))
+        .collect();
+    assert!(found, "no {comm} as 65534: {seen:?}\n{}", sc.logs());
+    let pid = pid.unwrap();
+    eprintln!("{comm} ({pid}): {:?}", ids(pid));
+    pid
+}
+
+/// Waits until the job has met the fault armed on `path` (so no later job meets it).
+async fn stalled_by(origin: &FixtureServer, path: &str) {
+    assert!(
+        wait_until(SLOW, || origin.armed(path) == 0).await,
+        "{path} never asked"
+    );
+}
+
+async fn jobs_run_as_the_job_user(pool: bool) {
+    let ytdlp = JobYtDlp::new();
+    let parent = passable_dir();
+    // A playlist the native fetcher refuses: yt-dlp's own downloader (its ffmpeg) streams
+    // it, with the info JSON on /dev/fd/4 and its metadata line on /dev/fd/3.
+    let playlist = std::fs::read_to_string(fixtures().join("hls/index.m3u8")).unwrap();
+    let playlist = playlist
+        .replace("#EXTINF", "#UPLYNK-SEGMENT:0,00000000,segment\n#EXTINF")
+        .replace("seg0", "/hls/seg0");
+    let page = Page::new(
+        "/uplynk/index.m3u8",
+        "application/vnd.apple.mpegurl",
+        playlist,
+    );
+    let origin = FixtureServer::start_on(fixtures(), ([127, 0, 0, 1], 0).into(), vec![page]);
+    let sc = Sidecar::start(SidecarOptions {
+        pool: Some(pool),
+        yt_dlp: Some(ytdlp.path()),
+        work_dir: Some(parent.path().join("work")),
+        extra: vec!["--job-user".into(), "65534:65534".into()],
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(
+        sc.logs().contains("pool ready"),
+        pool,
+        "the pool imports yt_dlp from the venv\n{}",
+        sc.logs()
+    );
+    // The forkserver keeps the sidecar's uid (it joins namespaces for its workers).
+    for p in sc.pool_processes() {
+        if p.comm == "sg-forkserver" {
+            assert!(status_field(p.pid, "Uid").starts_with("0\t"), "{p:?}");
+        }
+    }
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(
+        mode(sc.work_dir()),
+        0o711,
+        "the work root: passable, not listable"
+    );
+
+    // yt-dlp, stalled by its page: a resolve that waits.
+    origin.arm("/page.html", http::Fault::StallAfter(10));
+    let mut resolve = Client::connect(sc.socket()).await.unwrap();
+    resolve
+        .send(streamgate_protocol::Frame::Resolve(
+            streamgate_protocol::ResolveJob {
+                url: origin.url("page.html"),
+                format: None,
+                tenant: None,
+                request_id: None,
+                egress: loopback_egress(),
+            },
+        ))
+        .await
+        .unwrap();
+    live_as_nobody(&sc, "yt-dlp").await;
+    stalled_by(&origin, "/page.html").await;
+    let jobs: Vec<_> = std::fs::read_dir(sc.work_dir())
+        .unwrap()
+        .map(|e| std::fs::metadata(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!jobs.is_empty());
+    for meta in &jobs {
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.permissions().mode() & 0o777),
+            (NOBODY, NOBODY, 0o700),
+            "a job's directory is the job user's alone"
+        );
+    }
+    drop(resolve);
+
+    // A whole file (extracted by yt-dlp as the job user, fetched by the sidecar).
+    let t = Client::stream(sc.socket(), &origin.url("progressive.mp4"), "b").await;
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+    let file = sha256_file(&fixtures().join("progressive.mp4")).unwrap();
+    assert_eq!(sha256_hex(&t.data), file);
+    assert_eq!(
+        sc.logs().contains("pool worker took the job"),
+        pool,
+        "{}",
+        sc.logs()
+    );
+
+    // yt-dlp's downloader and the ffmpeg it starts, stalled by the first segment.
+    let hls = origin.url("uplynk/index.m3u8");
+    origin.arm("/hls/seg000.ts", http::Fault::StallAfter(1000));
+    let mut stalled = Client::connect(sc.socket()).await.unwrap();
+    stalled.start_stream(&hls, "b").await.unwrap();
+    live_as_nobody(&sc, "ffmpeg").await;
+    live_as_nobody(&sc, "yt-dlp").await;
+    stalled_by(&origin, "/hls/seg000.ts").await;
+    drop(stalled);
+    assert!(wait_until(SLOW, || sc.job_processes().is_empty()).await);
+    let t = Client::stream(sc.socket(), &hls, "b").await;
+    t.assert_complete(&sc.logs(), "ts", "video/mp2t");
+    assert_eq!(t.metadata.as_ref().unwrap().served_by, "yt-dlp");
+    let (u, f) = (hls.clone(), "b");
+    let direct =
+        blocking(move || direct_ytdlp(&u, f, streamgate_sidecar::STREAM_DOWNLOADERS)).await;
+    assert_eq!(
+        sha256_hex(&t.data),
+        sha256_hex(&direct),
+        "as a direct yt-dlp run"
+    );
+
+    // The sidecar's ffmpeg, merging a DASH video whose first video segment stalls.
+    origin.arm(
+        "/dash/chunk-stream0-00001.m4s",
+        http::Fault::StallAfter(1000),
+    );
+    let mut merge = Client::connect(sc.socket()).await.unwrap();
+    merge
+        .start_stream(&origin.url("dash/manifest.mpd"), "bv+ba")
+        .await
+        .unwrap();
+    live_as_nobody(&sc, "ffmpeg").await;
+    stalled_by(&origin, "/dash/chunk-stream0-00001.m4s").await;
+    drop(merge);
+    assert!(wait_until(SLOW, || sc.job_processes().is_empty()).await);
+    let t = Client::stream(sc.socket(), &origin.url("dash/manifest.mpd"), "bv+ba").await;
+    t.assert_complete(&sc.logs(), "mp4", "video/mp4");
+    let merged = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(merged.path(), &t.data).unwrap();
+    let mut streams = ffprobe_streams(merged.path());
+    streams.sort();
+    assert_eq!(streams, ["audio", "video"]);
+    assert!(
+        wait_until(SLOW, || std::fs::read_dir(sc.work_dir())
+            .unwrap()
+            .next()
+            .is_none())
+        .await,
+        "every job directory removed"
+    );
+    eprintln!(
+        "job user 65534 (pool {pool}): progressive sha256 {file}, HLS by yt-dlp {} bytes as a direct run, merge {} bytes {streams:?}",
+        direct.len(),
+        t.data.len()
+    );
+}
+
+both_paths!(jobs_run_as_the_job_user);
+
+/// `streamgate-sidecar ARGS` run to its exit (it must not start: killed after 90 s, and
+/// the test fails): its status and stderr.
+async fn refused_start(args: Vec<String>, as_nobody: bool) -> (std::process::ExitStatus, String) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let log = dir.path().join("stderr");
+    let mut cmd = std::process::Command::new(release_bin("streamgate-sidecar"));
+    cmd.arg("--socket")
+        .arg(dir.path().join("sidecar.sock"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    if as_nobody {
+        std::os::unix::process::CommandExt::uid(&mut cmd, NOBODY);
+        std::os::unix::process::CommandExt::gid(&mut cmd, NOBODY);
+    }
+    let mut child = ChildGuard::spawn(cmd, "streamgate-sidecar").unwrap();
+    let mut status = None;
+    wait_until(Duration::from_secs(90), || {
+        status = child.try_wait();
+        status.is_some()
+    })
+    .await;
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("the sidecar started:\n{stderr}"));
+    assert!(
+        !dir.path().join("sidecar.sock").exists(),
+        "no socket is bound"
+    );
+    (status, stderr)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_user_that_cannot_run_yt_dlp_stops_the_start() {
+    let parent = passable_dir();
+    let work = parent.path().join("work");
+    // The project's yt-dlp: its python is under /root (0700).
+    let args = |ytdlp: &Path, work: &Path| {
+        ["--job-user", "65534:65534", "--yt-dlp"]
+            .map(String::from)
+            .into_iter()
+            .chain([ytdlp.display().to_string()])
+            .chain(["--work-dir".into(), work.display().to_string()])
+            .collect::<Vec<_>>()
+    };
+    let (status, stderr) = refused_start(args(&yt_dlp(), &work), false).await;
+    assert!(!status.success(), "{stderr}");
+    let want = format!(
+        "yt-dlp at {} is not usable: as uid 65534 gid 65534 (--job-user): Permission denied (os error 13); uid 65534 gid 65534 cannot search /root (mode 0700, owner 0:0)",
+        yt_dlp().display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    eprintln!("{}", stderr.trim());
+
+    // A yt-dlp it can run, in a work dir it cannot reach (its parent is 0700).
+    let ytdlp = JobYtDlp::new();
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let (status, stderr) =
+        refused_start(args(&ytdlp.path(), &private.path().join("work")), false).await;
+    assert!(!status.success(), "{stderr}");
+    let want = format!(
+        "Permission denied (os error 13); uid 65534 gid 65534 cannot search {} (mode 0700, owner 0:0)",
+        private.path().display()
+    );
+    assert!(stderr.contains(&want), "{stderr}");
+    eprintln!("{}", stderr.trim());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_user_needs_a_root_sidecar() {
+    let parent = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let args = ["--job-user", "65534:65534", "--work-dir"]
+        .map(String::from)
+        .into_iter()
+        .chain([parent.path().join("work").display().to_string()])
+        .collect();
+    let (status, stderr) = refused_start(args, true).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--job-user: jobs cannot switch to uid 65534 gid 65534: the sidecar runs as uid 65534, not root"),
+        "{stderr}"
+    );
+    // Refused before anything is made.
+    assert!(!parent.path().join("work").exists());
+    eprintln!("{}", stderr.trim());
+}
