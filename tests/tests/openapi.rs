@@ -45,8 +45,9 @@ fn the_document_is_valid_openapi_3_1() {
 
 /// Three tenants chosen by Host, one key ring (so only the tenant binding refuses a foreign
 /// token): `main` (127.0.0.1) asks for an API key in its own header; `other` (other.test)
-/// allows one host the fixtures are not on and no anonymous resolve; `full` (full.test) has
-/// limits of zero. No `default_tenant`: any other host is `unknown_host`.
+/// allows one host the fixtures are not on and no anonymous resolve; `full` (full.test)
+/// allows no stream and one resolve a minute. No `default_tenant`: any other host is
+/// `unknown_host`.
 fn write_config(dir: &Path) -> PathBuf {
     let key = streamgate::plugin::builtin::xchacha_generate_key();
     let token = format!(r#"{{ builtin = "token-xchacha", config = {{ keys = "{key}" }} }}"#);
@@ -76,7 +77,7 @@ hosts = ["full.test"]
 token = {token}
 policy = {{ builtin = "policy-allowlist", config = {{ hosts = "*", allow_private = "true", public_resolve = "true" }} }}
 egress = {LOOPBACK_EGRESS}
-limits = {{ max_streams = 0, resolves_per_minute = 0 }}
+limits = {{ max_streams = 0, resolves_per_minute = 1 }}
 "#
     );
     let path = dir.join("streamgate.toml");
@@ -466,6 +467,14 @@ async fn every_route_answers_as_the_document_says() {
         .await;
     let format_all = json!({ "url": media, "format": "all" }).to_string();
     let post = |name, status| Ask::new(name, M::POST, "/v1/resolve", status);
+    // full.test's one resolve a minute, used: the next is a 429 with `Retry-After` (a limit
+    // of 0, like its streams', answers without one).
+    rec.send(
+        post("resolve, the budget's one", 200)
+            .host("full.test")
+            .json(&resolve_body),
+    )
+    .await;
     let resolves = [
         (
             post("resolve without the key", 401).json(&resolve_body),
