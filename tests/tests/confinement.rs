@@ -671,7 +671,10 @@ async fn refused_start(args: Vec<String>, as_nobody: bool) -> (std::process::Exi
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let log = dir.path().join("stderr");
-    let mut cmd = std::process::Command::new(release_bin("streamgate-sidecar"));
+    // A copy uid 65534 can run wherever the checkout is (under /root, say).
+    let binary = dir.path().join("streamgate-sidecar");
+    std::fs::copy(release_bin("streamgate-sidecar"), &binary).unwrap();
+    let mut cmd = std::process::Command::new(&binary);
     cmd.arg("--socket")
         .arg(dir.path().join("sidecar.sock"))
         .args(args)
