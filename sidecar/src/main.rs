@@ -44,8 +44,9 @@ struct Args {
     /// without a tenant count as one tenant.
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u8).range(1..=100))]
     tenant_share: u8,
-    /// Jobs that may wait for a slot of each kind (stream, extraction, download or merge),
-    /// one tenant's at most --tenant-share of them; more get `busy`.
+    /// Jobs that may wait for a slot of each kind (stream, extraction, download or merge);
+    /// more get `busy`. When it is full, a tenant below its --tenant-share of these places
+    /// takes the newest place of a tenant above it.
     #[arg(long, default_value_t = 1024)]
     queue: usize,
     /// Seconds a queued job waits for a slot before it gets `busy`. A burst outlasts 30 s:

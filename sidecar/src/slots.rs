@@ -13,10 +13,12 @@
 //! - a job that finds no slot (or its tenant at quota) waits in its tenant's queue; a free
 //!   slot goes to the tenants in turn (round-robin, skipping those at quota), each tenant's
 //!   jobs first come first served. So tenant B's job is never queued behind tenant A's
-//!   backlog. A tenant's queue holds at most its share of the queue's places, so its
-//!   backlog cannot fill the queue for the others either (every kind, extractions too).
-//!   A full queue (all tenants together, or the tenant's share of it), a wait past the
-//!   queue timeout or a draining sidecar gives `busy`, saying which quota was hit.
+//!   backlog. Nor can that backlog keep B out of the queue: a tenant may fill the whole
+//!   queue while nobody else needs a place, but once it is full, a job of a tenant below
+//!   its share of the places (`--tenant-share` of `--queue`, every kind) takes the newest
+//!   place of a tenant above its share, whose job gets `busy`. A full queue with nobody
+//!   above their share, a wait past the queue timeout or a draining sidecar gives `busy`,
+//!   saying which quota was hit.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
@@ -91,6 +93,14 @@ impl Queue {
             timeout,
         }
     }
+
+    /// A tenant's share of the places, for messages.
+    fn share(&self) -> String {
+        format!(
+            "{} of the {} places (--queue × --tenant-share {}%)",
+            self.per_tenant, self.len, self.share
+        )
+    }
 }
 
 /// Why a job got no slot.
@@ -136,7 +146,15 @@ struct Tenant {
 
 struct Waiter {
     id: u64,
-    wake: oneshot::Sender<()>,
+    wake: oneshot::Sender<Wake>,
+}
+
+/// How a wait ends from the gate's side.
+enum Wake {
+    /// A slot, already counted as the job's.
+    Slot,
+    /// Its place in the queue, taken by a job of a tenant below its share (message why).
+    Evicted(String),
 }
 
 /// A job's slot of one kind; freed (and handed to the next in turn) when dropped.
@@ -176,7 +194,7 @@ impl State {
             self.waiting -= 1;
             // Its receiver lives until it has left the queue under this lock, so this
             // cannot fail.
-            let _ = waiter.wake.send(());
+            let _ = waiter.wake.send(Wake::Slot);
             if !tenant.queue.is_empty() {
                 self.turns.push_back(name);
             }
@@ -207,6 +225,27 @@ impl State {
             self.turns.retain(|n| n != tenant);
         }
         self.forget_if_idle(tenant);
+        true
+    }
+
+    /// Frees a place in the full queue for `tenant` (below its share `per_tenant`): the
+    /// newest waiter of the tenant furthest above its share is told it lost its place.
+    /// False when nobody is above their share.
+    fn evict_for(&mut self, tenant: &str, per_tenant: usize, why: impl Fn(&str) -> String) -> bool {
+        let over = self
+            .tenants
+            .iter()
+            .filter(|(name, t)| name.as_str() != tenant && t.queue.len() > per_tenant)
+            .max_by_key(|(_, t)| t.queue.len())
+            .map(|(name, _)| name.clone());
+        let Some(name) = over else {
+            return false;
+        };
+        let t = self.tenants.get_mut(&name).expect("found above");
+        let waiter = t.queue.pop_back().expect("over its share: not empty");
+        self.waiting -= 1;
+        // Its receiver lives until it has left the queue under this lock: it gets this.
+        let _ = waiter.wake.send(Wake::Evicted(why(&name)));
         true
     }
 
@@ -269,23 +308,27 @@ impl Gate {
                 return Ok(self.slot(name));
             }
             if s.waiting >= self.queue.len {
-                let message = format!(
-                    "the sidecar is overloaded: {} and {} jobs are waiting for one (--queue)",
-                    self.why(&s, name),
-                    s.waiting
-                );
-                return Err(busy(message));
-            }
-            if queue >= self.queue.per_tenant {
-                let message = format!(
-                    "the sidecar is overloaded: {} and {} holds its quota of {} of the {} places in the queue (--queue × --tenant-share {}%)",
-                    self.why(&s, name),
-                    who(name),
-                    self.queue.per_tenant,
-                    self.queue.len,
-                    self.queue.share
-                );
-                return Err(busy(message));
+                let share = self.queue.share();
+                let evicted = queue < self.queue.per_tenant
+                    && s.evict_for(name, self.queue.per_tenant, |over| {
+                        format!(
+                            "the sidecar is overloaded: its queue is full and {} holds more than its share of {share}: its newest job's place went to a tenant below its share",
+                            who(over)
+                        )
+                    });
+                if !evicted {
+                    let own = if queue >= self.queue.per_tenant {
+                        format!(", and {} holds its share of {share}", who(name))
+                    } else {
+                        String::new()
+                    };
+                    let message = format!(
+                        "the sidecar is overloaded: {} and {} jobs are waiting for one (--queue){own}",
+                        self.why(&s, name),
+                        s.waiting
+                    );
+                    return Err(busy(message));
+                }
             }
             let id = s.next_id;
             s.next_id += 1;
@@ -323,7 +366,19 @@ impl Gate {
         let shutting_down = || busy("the sidecar is shutting down".into());
         tokio::select! {
             // Only `hand_out` sends, and it counted the slot as this job's.
-            _ = wake => waiting.served = true,
+            wake = wake => match wake {
+                Ok(Wake::Slot) => waiting.served = true,
+                Ok(Wake::Evicted(why)) => {
+                    // Out of the queue already: nothing to leave, no slot to give back.
+                    waiting.served = true;
+                    return Err(busy(why));
+                }
+                // Never: a waiter leaves the queue by a send or by its own drop.
+                Err(_) => {
+                    waiting.served = true;
+                    return Err(shutting_down());
+                }
+            },
             _ = tokio::time::sleep(self.queue.timeout) => {
                 let why = self.why(&lock(&self.state), name);
                 return Err(busy(format!(
@@ -586,7 +641,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_tenant_fills_at_most_its_share_of_the_queue() {
+    async fn a_full_queue_makes_room_for_a_tenant_below_its_share() {
         let none = CancellationToken::new();
         let queue = Queue::new(4, 50, Duration::from_secs(60));
         let g = Arc::new(Gate::new("thing", "--max-things", 1, None, queue));
@@ -594,28 +649,38 @@ mod tests {
         let wait = |tenant: &'static str| {
             let g = Arc::clone(&g);
             tokio::spawn(async move {
-                g.enter(Some(tenant), &CancellationToken::new(), NEVER())
+                match g
+                    .enter(Some(tenant), &CancellationToken::new(), NEVER())
                     .await
-                    .ok()
+                {
+                    Ok(_) => panic!("no slot comes free"),
+                    Err(refused) => busy::<()>(Err(refused)),
+                }
             })
         };
-        let _a = [wait("a"), wait("a")];
-        while waiting(&g) < 2 {
-            tokio::task::yield_now().await;
-        }
-        // a's backlog is at its 2 of 4 places: its next job is refused at once …
-        let refused = busy(g.enter(Some("a"), &none, NEVER()).await);
-        assert!(
-            refused.contains(
-                "tenant \"a\" holds its quota of 2 of the 4 places in the queue (--queue × --tenant-share 50%)"
-            ),
-            "{refused}"
-        );
-        // … while b still queues in the places left.
-        let _b = [wait("b"), wait("b")];
+        // Alone, a may take every place: 4 of 4.
+        let a: Vec<_> = (0..4).map(|_| wait("a")).collect();
         while waiting(&g) < 4 {
             tokio::task::yield_now().await;
         }
+        // b, below its share of 2, takes a's newest places, one per job …
+        let _b = [wait("b"), wait("b")];
+        let above = "tenant \"a\" holds more than its share of 2 of the 4 places (--queue × --tenant-share 50%)";
+        for evicted in a.into_iter().skip(2).rev() {
+            let message = evicted.await.unwrap();
+            assert!(message.contains(above), "{message}");
+        }
+        assert_eq!(waiting(&g), 4);
+        // … until nobody is above their share: a full queue is then full for everyone.
+        let full = busy(g.enter(Some("c"), &none, NEVER()).await);
+        assert!(
+            full.contains("4 jobs are waiting for one (--queue)"),
+            "{full}"
+        );
+        let b = busy(g.enter(Some("b"), &none, NEVER()).await);
+        let held = "4 jobs are waiting for one (--queue), and tenant \"b\" holds its share of 2 of the 4 places";
+        assert!(b.contains(held), "{b}");
+        assert_eq!(waiting(&g), 4);
         assert_eq!(quota(0, 50), 0, "--queue 0: nobody waits");
     }
 

@@ -471,10 +471,9 @@ async fn a_slow_client_keeps_gateway_memory_flat() {
 async fn twenty_clients_leaving_after_a_mebibyte_leave_no_ytdlp() {
     let opts = GatewayOptions {
         sidecar_args: vec![
-            // 8 extract at once, 12 wait: every one of the 20 is served (one tenant's
-            // backlog holds --tenant-share 50% of --queue's places: 12 of 24).
+            // 8 extract at once, 12 wait: every one of the 20 is served.
             "--max-extractions=8".into(),
-            "--queue=24".into(),
+            "--queue=12".into(),
             "--queue-timeout=120".into(),
         ],
         ..GatewayOptions::default()
