@@ -63,6 +63,22 @@ impl Page {
         }
     }
 
+    /// `/uplynk/index.m3u8`: the HLS fixture with ad markers, which the sidecar's native
+    /// fetcher refuses, so yt-dlp's own downloader (and its ffmpeg) streams it. Its
+    /// segments are the fixture's, served from the directory.
+    pub fn hls_for_yt_dlp() -> Page {
+        let playlist = std::fs::read_to_string(crate::fixtures().join("hls/index.m3u8"))
+            .expect("the HLS fixture");
+        let playlist = playlist
+            .replace("#EXTINF", "#UPLYNK-SEGMENT:0,00000000,segment\n#EXTINF")
+            .replace("seg0", "/hls/seg0");
+        Page::new(
+            "/uplynk/index.m3u8",
+            "application/vnd.apple.mpegurl",
+            playlist,
+        )
+    }
+
     /// A `302 Found` to `location` at `path`.
     pub fn redirect(path: &str, location: &str) -> Page {
         Page {

@@ -355,6 +355,26 @@ fn assert_confined(pid: i32, comm: &str, memory_mib: u64, cpu: u64, files: u64) 
     );
 }
 
+/// A resolve of `origin`'s page, sent and left waiting: the page stalls after 10 bytes, so
+/// its yt-dlp stays alive to be looked at. Dropping the client ends the job.
+async fn stalled_resolve(sc: &Sidecar, origin: &FixtureServer) -> Client {
+    origin.arm("/page.html", http::Fault::StallAfter(10));
+    let mut resolve = Client::connect(sc.socket()).await.unwrap();
+    resolve
+        .send(streamgate_protocol::Frame::Resolve(
+            streamgate_protocol::ResolveJob {
+                url: origin.url("page.html"),
+                format: None,
+                tenant: None,
+                request_id: None,
+                egress: loopback_egress(),
+            },
+        ))
+        .await
+        .unwrap();
+    resolve
+}
+
 async fn job_processes_run_confined(pool: bool) {
     let origin = FixtureServer::start(fixtures());
     let sc = Sidecar::start(SidecarOptions {
@@ -373,20 +393,7 @@ async fn job_processes_run_confined(pool: bool) {
     })
     .await;
     // yt-dlp, stalled by its page: a resolve that waits.
-    origin.arm("/page.html", http::Fault::StallAfter(10));
-    let mut resolve = Client::connect(sc.socket()).await.unwrap();
-    resolve
-        .send(streamgate_protocol::Frame::Resolve(
-            streamgate_protocol::ResolveJob {
-                url: origin.url("page.html"),
-                format: None,
-                tenant: None,
-                request_id: None,
-                egress: loopback_egress(),
-            },
-        ))
-        .await
-        .unwrap();
+    let resolve = stalled_resolve(&sc, &origin).await;
     let ytdlp = live(&sc, "yt-dlp").await;
     assert_confined(ytdlp, "yt-dlp", 1500, 1234, 300);
     drop(resolve);
@@ -525,15 +532,7 @@ async fn jobs_run_as_the_job_user(pool: bool) {
     let parent = passable_dir();
     // A playlist the native fetcher refuses: yt-dlp's own downloader (its ffmpeg) streams
     // it, with the info JSON on /dev/fd/4 and its metadata line on /dev/fd/3.
-    let playlist = std::fs::read_to_string(fixtures().join("hls/index.m3u8")).unwrap();
-    let playlist = playlist
-        .replace("#EXTINF", "#UPLYNK-SEGMENT:0,00000000,segment\n#EXTINF")
-        .replace("seg0", "/hls/seg0");
-    let page = Page::new(
-        "/uplynk/index.m3u8",
-        "application/vnd.apple.mpegurl",
-        playlist,
-    );
+    let page = Page::hls_for_yt_dlp();
     let origin = FixtureServer::start_on(fixtures(), ([127, 0, 0, 1], 0).into(), vec![page]);
     let sc = Sidecar::start(SidecarOptions {
         pool: Some(pool),
@@ -563,20 +562,7 @@ async fn jobs_run_as_the_job_user(pool: bool) {
     );
 
     // yt-dlp, stalled by its page: a resolve that waits.
-    origin.arm("/page.html", http::Fault::StallAfter(10));
-    let mut resolve = Client::connect(sc.socket()).await.unwrap();
-    resolve
-        .send(streamgate_protocol::Frame::Resolve(
-            streamgate_protocol::ResolveJob {
-                url: origin.url("page.html"),
-                format: None,
-                tenant: None,
-                request_id: None,
-                egress: loopback_egress(),
-            },
-        ))
-        .await
-        .unwrap();
+    let resolve = stalled_resolve(&sc, &origin).await;
     live_as_nobody(&sc, "yt-dlp").await;
     stalled_by(&origin, "/page.html").await;
     let jobs: Vec<_> = std::fs::read_dir(sc.work_dir())

@@ -646,15 +646,7 @@ async fn hls_aes_and_fmp4_byte_ranges_are_fetched_natively() {
 /// would act on) streams through yt-dlp's downloader exactly as before.
 #[tokio::test(flavor = "multi_thread")]
 async fn hls_the_native_fetcher_refuses_goes_to_yt_dlp() {
-    let playlist = std::fs::read_to_string(fixtures().join("hls/index.m3u8")).unwrap();
-    let playlist = playlist
-        .replace("#EXTINF", "#UPLYNK-SEGMENT:0,00000000,segment\n#EXTINF")
-        .replace("seg0", "/hls/seg0");
-    let page = Page::new(
-        "/uplynk/index.m3u8",
-        "application/vnd.apple.mpegurl",
-        playlist,
-    );
+    let page = Page::hls_for_yt_dlp();
     let server = FixtureServer::start_on(fixtures(), ([127, 0, 0, 1], 0).into(), vec![page]);
     let sc = sidecar(true).await;
     let url = server.url("uplynk/index.m3u8");
