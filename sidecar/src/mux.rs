@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures::stream::BoxStream;
@@ -23,6 +24,8 @@ use crate::ytdlp::Place;
 const READ: usize = 256 * 1024;
 /// First input's fd in ffmpeg; the next ones follow.
 const FIRST_FD: i32 = 3;
+/// The longest a failed merge waits for the rest of ffmpeg's stderr.
+const STDERR_WAIT: Duration = Duration::from_secs(2);
 /// ffmpeg's stderr kept for the error message.
 const STDERR_KEEP: usize = 4096;
 
@@ -106,27 +109,26 @@ pub(crate) fn merge(
     for (input, write) in inputs.into_iter().zip(writes) {
         pumps.spawn(pump(input, write, Arc::clone(&failed)));
     }
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let keep = Arc::clone(&log);
-    pumps.spawn(async move {
-        let mut stderr = stderr;
+    // Read to the end (ffmpeg never blocks on it), the start kept; it ends when ffmpeg does.
+    let log = tokio::spawn(async move {
+        let (mut stderr, mut log) = (stderr, Vec::new());
         let mut buf = [0u8; 1024];
         while let Ok(n) = stderr.read(&mut buf).await {
             if n == 0 {
                 break;
             }
-            let mut log = keep.lock().unwrap_or_else(|e| e.into_inner());
             if log.len() < STDERR_KEEP {
                 log.extend_from_slice(&buf[..n]);
             }
         }
+        log
     });
     let state = Merge {
         child,
         stdout,
-        pumps,
+        _pumps: pumps,
         failed,
-        log,
+        log: Some(log),
         done: false,
     };
     Ok(futures::stream::unfold(state, Merge::step))
@@ -162,10 +164,11 @@ async fn pump(
 struct Merge {
     child: Child,
     stdout: ChildStdout,
-    /// The inputs' pumps and the stderr reader: aborted when the merge is dropped.
-    pumps: JoinSet<()>,
+    /// The inputs' pumps, held to be aborted when the merge is dropped.
+    _pumps: JoinSet<()>,
     failed: Arc<Mutex<Option<FetchError>>>,
-    log: Arc<Mutex<Vec<u8>>>,
+    /// ffmpeg's stderr, whole once it has exited (taken for the error message).
+    log: Option<tokio::task::JoinHandle<Vec<u8>>>,
     done: bool,
 }
 
@@ -202,8 +205,16 @@ impl Merge {
                 match status {
                     Ok(s) if s.success() => None,
                     other => {
-                        while self.pumps.try_join_next().is_some() {}
-                        let log = self.log.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                        // ffmpeg has exited: its stderr ends now, however late its reader
+                        // runs on a busy runtime (bounded all the same).
+                        let log = match self.log.take() {
+                            Some(reader) => tokio::time::timeout(STDERR_WAIT, reader)
+                                .await
+                                .ok()
+                                .and_then(Result::ok)
+                                .unwrap_or_default(),
+                            None => Vec::new(),
+                        };
                         let why = String::from_utf8_lossy(&log).trim().to_owned();
                         let status = other.as_ref().ok().copied();
                         self.fail(match crate::classify::past_a_limit(&why, status) {
