@@ -108,6 +108,7 @@ pub fn reload_on_sighup(
                 Ok(config) => app.reload(&config, &running).await,
                 Err(e) => Err(e),
             };
+            app.metrics.config_reload(reloaded.is_ok());
             match reloaded {
                 Ok(done) => {
                     for setting in &done.restart_needed {

@@ -212,9 +212,9 @@ fn denial_status(denial: &Denial) -> StatusCode {
 /// a memory bomb or a broken component is a bug (500).
 fn plugin_status(err: &PluginError) -> StatusCode {
     match err {
-        PluginError::Deadline { .. } | PluginError::Instantiate { .. } => {
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+        PluginError::Deadline { .. }
+        | PluginError::Busy { .. }
+        | PluginError::Instantiate { .. } => StatusCode::SERVICE_UNAVAILABLE,
         PluginError::Trap { .. }
         | PluginError::MemoryLimit { .. }
         | PluginError::Engine { .. }

@@ -13,6 +13,7 @@ use streamgate::sidecar::{SidecarClient, Supervisor, SupervisorSettings};
 use streamgate::tenant::Tenants;
 use streamgate_protocol::logline::OneLine;
 use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
 
 /// After the drain deadline: time for aborted connections to close before the sidecar stops.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
@@ -123,10 +124,7 @@ async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
+    let stop = CancellationToken::new();
     // Bound and announced before the public listener, so whoever waits for the public
     // line finds the admin one too.
     if let Some(admin) = config.server.admin_listen.0 {
@@ -134,11 +132,11 @@ async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("binding the admin listener {admin}"))?;
         let admin = listener.local_addr()?;
-        let serve = streamgate::server::run_admin(listener, app.clone(), stopped(stop_rx.clone()));
+        let serve = streamgate::server::run_admin(listener, app.clone(), stop.clone());
         tokio::spawn(serve);
         tracing::info!("admin listener on http://{admin} (/metrics, /readyz)");
     }
-    let server = streamgate::server::run(listener, app.clone(), stopped(stop_rx));
+    let server = streamgate::server::run(listener, app.clone(), stop.clone());
     let mut server = tokio::spawn(server);
     tracing::info!("listening on http://{addr}");
     let mint_hint = match &args.source.config {
@@ -162,7 +160,7 @@ async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
     }
     let drain = config.drain();
     tracing::info!(active = app.drain.active(), deadline = ?drain, "draining");
-    let _ = stop_tx.send(true);
+    stop.cancel();
     if tokio::time::timeout(drain, &mut server).await.is_err() {
         tracing::warn!(
             active = app.drain.active(),

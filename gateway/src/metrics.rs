@@ -60,6 +60,11 @@ struct ResponseLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DecisionLabel {
     decision: String,
 }
@@ -89,6 +94,8 @@ struct Inner {
     connections: Gauge,
     connections_refused: Counter,
     connections_timed_out: Family<KindLabel, Counter>,
+    config_reloads: Family<ResultLabel, Counter>,
+    config_last_reload_ok: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -122,6 +129,8 @@ impl Metrics {
             connections: Gauge::default(),
             connections_refused: Counter::default(),
             connections_timed_out: Family::default(),
+            config_reloads: Family::default(),
+            config_last_reload_ok: Gauge::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -182,6 +191,18 @@ impl Metrics {
             "Connections closed by a timeout: header (no whole request head in time) or \
              idle_write (the client took no byte in time)",
             inner.connections_timed_out.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "SIGHUP reloads by result: applied, or refused (the previous configuration stays)",
+            inner.config_reloads.clone(),
+        );
+        // 1 from the start: the configuration in force loaded whole (as Prometheus's own).
+        inner.config_last_reload_ok.set(1);
+        r.register(
+            "config_last_reload_successful",
+            "Whether the last reload was applied (1) or refused (0)",
+            inner.config_last_reload_ok.clone(),
         );
         Metrics {
             inner: Arc::new(Inner { registry, ..inner }),
@@ -286,6 +307,16 @@ impl Metrics {
     /// A connection closed at accept, over the cap.
     pub fn connection_refused(&self) {
         self.inner.connections_refused.inc();
+    }
+
+    /// A SIGHUP reload, applied or refused.
+    pub fn config_reload(&self, applied: bool) {
+        let result = if applied { "applied" } else { "refused" };
+        self.inner
+            .config_reloads
+            .get_or_create(&ResultLabel { result })
+            .inc();
+        self.inner.config_last_reload_ok.set(applied.into());
     }
 
     /// A connection closed by a timeout: `header` or `idle_write`.

@@ -47,10 +47,11 @@ pub const HTTP1_MAX_BUF: usize = 32 * 1024;
 /// Connections the admin listener holds at once: a scraper and an operator or two.
 const ADMIN_MAX_CONNECTIONS: usize = 16;
 
-/// Serves `routes(app)` (clients) on `listener` until `shutdown` resolves, then stops
+/// Serves `routes(app)` (clients) on `listener` until `shutdown` is cancelled, then stops
 /// accepting, asks every connection to finish (responses in flight complete; keep-alive
 /// ends), and returns once all of them are closed. `app.server` sets the timeouts and the cap.
-pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+/// One token stops both listeners (`main`) or none (tests pass one never cancelled).
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let filter = routes(app.clone());
     let service = move || TowerToHyperService::new(warp::service(filter.clone()));
     let (cap, metrics) = (app.server.max_connections, Some(app.metrics.clone()));
@@ -61,7 +62,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Out
 /// clients: same timeouts, a cap of its own ([`ADMIN_MAX_CONNECTIONS`]), so clients at their
 /// cap do not lock the operator out. Its connections are not counted: the connection metrics
 /// describe the clients (a scrape would count itself).
-pub async fn run_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+pub async fn run_admin(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let filter = admin_routes(app.clone());
     let service = move || TowerToHyperService::new(warp::service(filter.clone()));
     serve(
@@ -83,7 +84,7 @@ async fn serve<M, S>(
     cap: usize,
     metrics: Option<Metrics>,
     service: M,
-    shutdown: impl Future<Output = ()>,
+    shutdown: CancellationToken,
 ) where
     M: Fn() -> S,
     S: hyper::service::Service<
@@ -97,7 +98,6 @@ async fn serve<M, S>(
     let settings = app.server.clone();
     let graceful = GracefulShutdown::new();
     let slots = Arc::new(Semaphore::new(cap));
-    let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (io, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -107,7 +107,7 @@ async fn serve<M, S>(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = shutdown.cancelled() => break,
         };
         // Over the cap: accepted and closed at once (Envoy's `max_connections`), so the
         // backlog does not fill with clients that would wait for nothing.

@@ -21,6 +21,7 @@ use streamgate_protocol::{
     Welcome, connection, next_frame, server_handshake,
 };
 use tokio::net::UnixListener;
+use tokio_util::sync::CancellationToken;
 use warp::http::Response;
 
 /// The media of `https://media.example/ok`: a length that is no multiple of any frame size.
@@ -490,7 +491,7 @@ async fn a_408_closes_the_connection() {
     tokio::spawn(streamgate::server::run(
         listener,
         app,
-        std::future::pending(),
+        CancellationToken::new(),
     ));
     let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = "POST /v1/resolve HTTP/1.1\r\nHost: a.example\r\n\
@@ -589,7 +590,7 @@ async fn an_h2c_request_is_served_by_the_tenant_of_its_authority() {
     tokio::spawn(streamgate::server::run(
         listener,
         app.clone(),
-        std::future::pending(),
+        CancellationToken::new(),
     ));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (client, conn) = h2::client::handshake(tcp).await.unwrap();

@@ -375,6 +375,19 @@ async fn stalled_resolve(sc: &Sidecar, origin: &FixtureServer) -> Client {
     resolve
 }
 
+/// A DASH merge (`bv+ba`) of `origin`'s video, sent and left waiting: its video `segment`
+/// stalls after 1,000 bytes, so the merging ffmpeg stays alive to be looked at. Dropping the
+/// client ends the job.
+async fn stalled_merge(sc: &Sidecar, origin: &FixtureServer, segment: &str) -> Client {
+    origin.arm(segment, http::Fault::StallAfter(1000));
+    let mut merge = Client::connect(sc.socket()).await.unwrap();
+    merge
+        .start_stream(&origin.url("dash/manifest.mpd"), "bv+ba")
+        .await
+        .unwrap();
+    merge
+}
+
 async fn job_processes_run_confined(pool: bool) {
     let origin = FixtureServer::start(fixtures());
     let sc = Sidecar::start(SidecarOptions {
@@ -398,15 +411,7 @@ async fn job_processes_run_confined(pool: bool) {
     assert_confined(ytdlp, "yt-dlp", 1500, 1234, 300);
     drop(resolve);
     // ffmpeg, merging a DASH video whose second video segment stalls.
-    origin.arm(
-        "/dash/chunk-stream0-00002.m4s",
-        http::Fault::StallAfter(1000),
-    );
-    let mut merge = Client::connect(sc.socket()).await.unwrap();
-    merge
-        .start_stream(&origin.url("dash/manifest.mpd"), "bv+ba")
-        .await
-        .unwrap();
+    let merge = stalled_merge(&sc, &origin, "/dash/chunk-stream0-00002.m4s").await;
     let ffmpeg = live(&sc, "ffmpeg").await;
     assert_confined(ffmpeg, "ffmpeg", 1500, 1234, 300);
     assert!(
@@ -614,15 +619,7 @@ async fn jobs_run_as_the_job_user(pool: bool) {
     );
 
     // The sidecar's ffmpeg, merging a DASH video whose first video segment stalls.
-    origin.arm(
-        "/dash/chunk-stream0-00001.m4s",
-        http::Fault::StallAfter(1000),
-    );
-    let mut merge = Client::connect(sc.socket()).await.unwrap();
-    merge
-        .start_stream(&origin.url("dash/manifest.mpd"), "bv+ba")
-        .await
-        .unwrap();
+    let merge = stalled_merge(&sc, &origin, "/dash/chunk-stream0-00001.m4s").await;
     live_as_nobody(&sc, "ffmpeg").await;
     stalled_by(&origin, "/dash/chunk-stream0-00001.m4s").await;
     drop(merge);

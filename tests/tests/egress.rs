@@ -1182,8 +1182,29 @@ impl Planter {
     }
 }
 
-/// One stream with planting on; asserts nothing was imported and nothing left behind.
+/// Streams with planting on until the plants land in time (under load the planter can be
+/// late: that run proves nothing, so it is run again, at most [`PLANT_TRIES`] times); each
+/// run asserts nothing was imported and nothing left behind.
 async fn stream_with_plants(sc: &Sidecar, markers: &Path, what: &str) {
+    for attempt in 1..=PLANT_TRIES {
+        let planted = stream_planted(sc, markers, what).await;
+        // Python needs far longer than this before its first import of the job's code.
+        let late = |p: &Planted| p.after.is_some_and(|d| d > Duration::from_millis(100));
+        if !planted.iter().any(late) {
+            eprintln!("{what}: planted {planted:?}; nothing imported; work dir empty after");
+            return;
+        }
+        eprintln!("{what}: attempt {attempt} planted too late to prove anything: {planted:?}");
+    }
+    panic!("{what}: planted too late to prove anything in {PLANT_TRIES} runs");
+}
+
+/// Runs of [`stream_with_plants`] before a planter that is always late fails the test.
+const PLANT_TRIES: usize = 5;
+
+/// One stream with planting on: its bytes whole, every plant written while the job ran,
+/// nothing imported, nothing left behind. Returns what was planted.
+async fn stream_planted(sc: &Sidecar, markers: &Path, what: &str) -> Vec<Planted> {
     let planter = Planter::start(sc.work_dir(), markers);
     let t = Client::stream(sc.socket(), PUBLIC_MEDIA, "b").await;
     let planted = planter.finish();
@@ -1201,9 +1222,6 @@ async fn stream_with_plants(sc: &Sidecar, markers: &Path, what: &str) {
             PLANTS.len(),
             "{what}: planted while the job ran: {p:?}"
         );
-        // Python needs far longer than this before its first import of the job's code.
-        let late = p.after.is_some_and(|d| d > Duration::from_millis(100));
-        assert!(!late, "{what}: planted too late to prove anything: {p:?}");
     }
     assert_eq!(
         markers_in(markers),
@@ -1219,7 +1237,7 @@ async fn stream_with_plants(sc: &Sidecar, markers: &Path, what: &str) {
         .map(|d| d.map(|e| e.unwrap().file_name()).collect())
         .unwrap_or_default();
     assert!(empty, "{what}: job directories left behind: {left:?}");
-    eprintln!("{what}: planted {planted:?}; nothing imported; work dir empty after");
+    planted
 }
 
 /// A `json.py` (and yt-dlp plugin packages) planted in a job's directory the moment it is

@@ -343,12 +343,14 @@ async fn sighup(gw: &mut Gateway, marker: &str, count: usize) {
 }
 
 /// The policy's file is overwritten with garbage and the gateway told to reload: the
-/// reload is refused and logged, the old plugin keeps judging new requests, a running
-/// stream is untouched; a good file then reloads (its new config denies the host: 403).
+/// reload is refused, logged and counted, the old plugin keeps judging new requests, a
+/// running stream is untouched; a good file then reloads (its new config denies the host: 403).
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_plugin_at_reload_is_refused_and_the_old_one_serves() {
     const REFUSED: &str = "configuration reload refused";
     const RELOADED: &str = "configuration reloaded";
+    const RELOADS: &str = "streamgate_config_reloads_total";
+    const LAST_RELOAD_OK: &str = "streamgate_config_last_reload_successful";
     let file = progressive();
     let dir = tempfile::tempdir().unwrap();
     let key = new_key();
@@ -383,6 +385,10 @@ async fn a_corrupt_plugin_at_reload_is_refused_and_the_old_one_serves() {
         "the refusal names the plugin: {refusal}"
     );
     bystander.finish("corrupt plugin").await;
+    let refused = gw.metric(RELOADS, "result=\"refused\"").await;
+    assert_eq!(refused, Some(2.0));
+    let last_ok = gw.metric(LAST_RELOAD_OK, "").await;
+    assert_eq!(last_ok, Some(0.0), "an alert can fire on it");
 
     // A good file (with a config that allows no host) reloads.
     std::fs::write(&policy, streamgate::plugin::builtin::POLICY_ALLOWLIST).unwrap();
@@ -390,6 +396,9 @@ async fn a_corrupt_plugin_at_reload_is_refused_and_the_old_one_serves() {
     sighup(&mut gw, RELOADED, 1).await;
     let denied = fetch(&ok, &[]).await;
     assert_problem(&denied, 403, "policy_denied", "the new plugin's config");
+    let applied = gw.metric(RELOADS, "result=\"applied\"").await;
+    assert_eq!(applied, Some(1.0));
+    assert_eq!(gw.metric(LAST_RELOAD_OK, "").await, Some(1.0));
 }
 
 // ---------------------------------------------------------------------------------------

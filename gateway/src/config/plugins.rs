@@ -22,6 +22,11 @@ pub struct EngineSettings {
     /// Instances one tenant's calls may hold at once, so that one tenant's slow plugin cannot
     /// take them all (`tenant_instances`; default half of `max_instances`, rounded up).
     pub tenant_instances: Option<u32>,
+    /// How long a call may wait for an instance before it is refused as an overload
+    /// (`queue_timeout_ms`; default ten deadlines), so a tenant whose plugin is slow sheds
+    /// its excess requests instead of piling them up on the gateway's connections.
+    #[serde(rename = "queue_timeout_ms", deserialize_with = "some_millis")]
+    pub queue_timeout: Option<Duration>,
     /// Bytes of plugin output (stdout, stderr, `log`) kept per call and stream (default 16 KiB).
     pub log_cap_bytes: usize,
     /// Where compiled components are kept between starts (`cache_dir`; default
@@ -36,6 +41,7 @@ impl Default for EngineSettings {
             memory_limit: 16 << 20,
             max_instances: 32,
             tenant_instances: None,
+            queue_timeout: None,
             log_cap_bytes: 16 << 10,
             cache_dir: None,
         }
@@ -50,10 +56,19 @@ impl EngineSettings {
             .unwrap_or(all.div_ceil(2))
             .clamp(1, all)
     }
+
+    /// The longest wait for an instance: `queue_timeout_ms`, else ten deadlines.
+    pub fn queue_timeout(&self) -> Duration {
+        self.queue_timeout.unwrap_or(self.deadline * 10)
+    }
 }
 
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     u64::deserialize(d).map(Duration::from_millis)
+}
+
+fn some_millis<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    millis(d).map(Some)
 }
 
 #[cfg(test)]
@@ -68,6 +83,13 @@ mod tests {
         assert_eq!(s.memory_limit, EngineSettings::default().memory_limit);
         assert!(toml::from_str::<EngineSettings>("deadline = 20").is_err());
         assert_eq!(s.tenant_instances(), 2, "half of 4 by default");
+        assert_eq!(
+            s.queue_timeout(),
+            Duration::from_millis(200),
+            "ten deadlines"
+        );
+        let s: EngineSettings = toml::from_str("queue_timeout_ms = 5").unwrap();
+        assert_eq!(s.queue_timeout(), Duration::from_millis(5));
         let s: EngineSettings = toml::from_str("tenant_instances = 40").unwrap();
         assert_eq!(s.tenant_instances(), 32, "never more than max_instances");
     }

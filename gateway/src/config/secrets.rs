@@ -60,7 +60,7 @@ impl ConfigValue {
                     format!("environment variable {env} is not set"),
                 )),
             },
-            ConfigValue::File(FileRef { file }) => match std::fs::read_to_string(file) {
+            ConfigValue::File(FileRef { file }) => match read_secret_file(file) {
                 Ok(v) => {
                     let v = v.strip_suffix('\n').unwrap_or(&v);
                     let v = v.strip_suffix('\r').unwrap_or(v);
@@ -70,6 +70,31 @@ impl ConfigValue {
             },
         }
     }
+}
+
+/// The most a `{ file = … }` value may hold: keys and API secrets are far smaller, and a
+/// start or reload must not hang on `/dev/zero` or eat memory on a wrongly named file.
+pub const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a regular file (a symlink to one, as Kubernetes mounts secrets) of at most
+/// [`MAX_SECRET_FILE_BYTES`]; a FIFO or device is refused before it is opened, so a
+/// reload never blocks on one.
+fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::{Error, ErrorKind, Read};
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(Error::new(ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(Error::new(
+            ErrorKind::InvalidData,
+            format!("larger than {MAX_SECRET_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
 }
 
 /// Resolves every value of a plugin's config map; `prefix` is the map's field path.
@@ -123,6 +148,32 @@ mod tests {
         assert!(msg.starts_with("tenant[1].token.config.keys: "), "{msg}");
         assert!(msg.contains("SG_SURELY_UNSET_VAR"), "{msg}");
         assert!(toml::from_str::<Map>("config = { k = { envv = \"X\" } }").is_err());
+    }
+
+    #[test]
+    fn a_secret_file_must_be_a_small_regular_file() {
+        // Not under tempfile_dir(): the test above removes that while this one may run.
+        let dir = std::env::temp_dir().join(format!("sg-secret-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let big = dir.join("big");
+        std::fs::write(&big, vec![b'k'; MAX_SECRET_FILE_BYTES as usize + 1]).unwrap();
+        let at_limit = dir.join("at-limit");
+        std::fs::write(&at_limit, vec![b'k'; MAX_SECRET_FILE_BYTES as usize]).unwrap();
+        let resolve = |file: &std::path::Path| {
+            ConfigValue::File(FileRef { file: file.into() }).resolve("tenant[0].policy.config.k")
+        };
+        assert_eq!(
+            resolve(&at_limit).unwrap().len(),
+            MAX_SECRET_FILE_BYTES as usize
+        );
+        let msg = resolve(&big).unwrap_err().to_string();
+        assert!(msg.contains("larger than 65536 bytes"), "{msg}");
+        // An endless device and the directory itself: refused at once, nothing read.
+        for path in [std::path::Path::new("/dev/zero"), dir.as_path()] {
+            let msg = resolve(path).unwrap_err().to_string();
+            assert!(msg.contains("not a regular file"), "{msg}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn tempfile_dir() -> PathBuf {

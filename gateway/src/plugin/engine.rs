@@ -47,7 +47,7 @@ struct EngineInner {
     engine: Engine,
     linker: Linker<HostState>,
     settings: EngineSettings,
-    /// One permit per pooled instance: calls beyond the pool wait instead of failing.
+    /// One permit per pooled instance: calls beyond the pool wait, up to the queue timeout.
     permits: Semaphore,
     /// Each tenant's share of `permits` (`[plugins] tenant_instances`), made on its first call.
     tenant_permits: Mutex<HashMap<String, Arc<Semaphore>>>,
@@ -224,8 +224,21 @@ impl PluginEngine {
     {
         let inner = &*self.inner;
         let tenant_permits = self.tenant_permits(tenant);
-        let _tenant = tenant_permits.acquire().await.expect("never closed");
-        let _permit = inner.permits.acquire().await.expect("never closed");
+        let permits = async {
+            let tenant = tenant_permits.acquire().await.expect("never closed");
+            let all = inner.permits.acquire().await.expect("never closed");
+            (tenant, all)
+        };
+        let waited = inner.settings.queue_timeout();
+        let Ok((_tenant, _permit)) = tokio::time::timeout(waited, permits).await else {
+            let error = PluginError::Busy {
+                plugin: plugin.to_string(),
+                tenant: tenant.to_owned(),
+                waited,
+            };
+            tracing::warn!(plugin = &**plugin, tenant, "plugin call refused: {error}");
+            return Err(error);
+        };
         let cap = inner.settings.log_cap_bytes;
         let (stdout, stderr) = (CappedPipe::new(cap), CappedPipe::new(cap));
         // No env, args, preopens or network; stdin is empty.

@@ -15,6 +15,8 @@ mod host;
 mod policy;
 mod token;
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 /// The engine's limits are a configuration section (`[plugins]`).
@@ -158,6 +160,16 @@ pub enum PluginError {
         /// The plugin's name.
         plugin: String,
     },
+    /// No instance became free for the call within `[plugins] queue_timeout_ms`.
+    #[error("plugin `{plugin}`: no instance free for tenant `{tenant}` within {waited:?}")]
+    Busy {
+        /// The plugin's name.
+        plugin: String,
+        /// The tenant whose call waited.
+        tenant: String,
+        /// How long it waited.
+        waited: Duration,
+    },
     /// The plugin tried to use more memory than allowed and was stopped.
     #[error("plugin `{plugin}` exceeded its memory limit")]
     MemoryLimit {
@@ -176,6 +188,7 @@ impl PluginError {
             | Self::Instantiate { plugin, .. }
             | Self::Trap { plugin, .. }
             | Self::Deadline { plugin }
+            | Self::Busy { plugin, .. }
             | Self::MemoryLimit { plugin } => Some(plugin),
         }
     }

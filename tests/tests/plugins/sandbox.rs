@@ -147,6 +147,60 @@ async fn calls_beyond_the_pool_wait_instead_of_failing() {
     assert!(open(&plugin, "acme", "ok").await.is_ok());
 }
 
+/// A tenant whose plugin sleeps holds its one instance; its next call is refused once it
+/// has waited the queue timeout (not after the sleeper's deadline), while another tenant's
+/// call runs on the instance left; when the sleeper is stopped, the tenant is served again.
+#[tokio::test]
+async fn a_call_waiting_past_the_queue_timeout_is_refused_while_others_run() {
+    let _quiet = super::shared().await;
+    let engine = PluginEngine::new(EngineSettings {
+        max_instances: 2,
+        tenant_instances: Some(1),
+        deadline: Duration::from_secs(3),
+        queue_timeout: Some(Duration::from_millis(200)),
+        ..EngineSettings::default()
+    })
+    .unwrap();
+    let plugin = misbehave(&engine);
+    let sleeper = {
+        let plugin = plugin.clone();
+        tokio::spawn(async move { fail(&plugin, "sleep").await })
+    };
+    // The sleeper holds acme's instance once acme's next call no longer gets one.
+    let mut refused = None;
+    for _ in 0..50 {
+        match plugin.open(&request("acme"), "ok").await {
+            Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let busy = refused.expect("a call refused while the sleeper holds the instance");
+    let PluginError::Busy { tenant, waited, .. } = &busy else {
+        panic!("{busy:?}");
+    };
+    assert_eq!(
+        (tenant.as_str(), *waited),
+        ("acme", Duration::from_millis(200))
+    );
+    assert!(
+        !sleeper.is_finished(),
+        "refused before the sleeper's deadline"
+    );
+    assert!(
+        open(&plugin, "other", "ok").await.is_ok(),
+        "another tenant runs"
+    );
+    let (err, _) = sleeper.await.unwrap();
+    assert!(matches!(err, PluginError::Deadline { .. }), "{err:?}");
+    assert!(
+        open(&plugin, "acme", "ok").await.is_ok(),
+        "its instance is back"
+    );
+}
+
 #[tokio::test]
 async fn loading_rejects_garbage_and_the_wrong_world() {
     let _quiet = super::shared().await;
