@@ -94,11 +94,13 @@ impl App {
 /// re-reads the key file of its state directory).
 pub type Loader = Box<dyn Fn() -> Result<Config, ConfigError> + Send + Sync>;
 
-/// Reloads on every SIGHUP until the process ends; each outcome is one log line. Settings
-/// read only at start stay as they run, so their warning repeats until a restart.
+/// Reloads on every SIGHUP until the process ends; each outcome is one log line naming
+/// `source` (the file, or the embedded default's state directory). Settings read only at
+/// start stay as they run, so their warning repeats until a restart.
 pub fn reload_on_sighup(
     app: Arc<App>,
     load: Loader,
+    source: String,
     running: Config,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let mut hup = signal(SignalKind::hangup())?;
@@ -117,10 +119,15 @@ pub fn reload_on_sighup(
                             "changed, but only read at start: restart to apply it"
                         );
                     }
-                    tracing::info!(tenants = done.tenants, "configuration reloaded");
+                    tracing::info!(
+                        tenants = done.tenants,
+                        config = source,
+                        "configuration reloaded"
+                    );
                 }
                 Err(e) => tracing::error!(
                     error = %e,
+                    config = source,
                     "configuration reload refused; the previous one stays in force"
                 ),
             }

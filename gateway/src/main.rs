@@ -118,7 +118,14 @@ async fn serve(args: ServeArgs, log_format: LogFormat) -> anyhow::Result<()> {
         let args = args.clone();
         Box::new(move || args.config())
     };
-    streamgate::app::reload_on_sighup(app.clone(), loader, config.clone())?;
+    let source = match &args.source.config {
+        Some(file) => file.display().to_string(),
+        None => format!(
+            "embedded default, keys in {}",
+            args.source.state_dir.display()
+        ),
+    };
+    streamgate::app::reload_on_sighup(app.clone(), loader, source, config.clone())?;
 
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

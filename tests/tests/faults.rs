@@ -384,6 +384,8 @@ async fn a_corrupt_plugin_at_reload_is_refused_and_the_old_one_serves() {
         refusal.contains("ERROR") && refusal.contains("tenant[0].policy: loading the plugin"),
         "the refusal names the plugin: {refusal}"
     );
+    let file = config.display().to_string();
+    assert!(refusal.contains(&file), "and the file: {refusal}");
     bystander.finish("corrupt plugin").await;
     let refused = gw.metric(RELOADS, "result=\"refused\"").await;
     assert_eq!(refused, Some(2.0));
