@@ -228,12 +228,6 @@ impl JobUser {
         }
     }
 
-    /// Hands a descriptor the job opens again by path (`/dev/fd/N`) to the job user: a
-    /// pipe is its creator's, mode 0600, so the job would get EACCES.
-    pub(crate) fn own(&self, fd: std::os::fd::BorrowedFd<'_>) -> std::io::Result<()> {
-        std::os::unix::fs::fchown(fd, Some(self.uid), Some(self.gid))
-    }
-
     /// Why the job user cannot reach one of `paths`, each `(path, mode bits it needs, what
     /// for)`: every directory on the way must be searchable, through symlinks too. A hint
     /// for an error message; `None` when the mode bits allow it all (ACLs are not read).

@@ -97,7 +97,7 @@ impl Place<'_> {
     /// a pipe is its creator's with mode 0600, so the job would get EACCES.
     pub(crate) fn hand_over(&self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
         match self.confine.user {
-            Some(user) => user.own(fd),
+            Some(user) => std::os::unix::fs::fchown(fd, Some(user.uid), Some(user.gid)),
             None => Ok(()),
         }
     }

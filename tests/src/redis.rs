@@ -122,23 +122,10 @@ pub fn two_tenants(dir: &Path, t: &TwoTenants<'_>) -> PathBuf {
         "default_tenant = \"a\"\n[sidecar]\nargs = [\"--stall-timeout={}\", \"--max-jobs=8\"]\n[limits]\n{}\n",
         t.stall_secs, t.global
     );
-    let text = [
-        head,
-        tenant(
-            "a",
-            &["a.test"],
-            &xchacha(&new_key()),
-            &policy,
-            &format!("limits = {{ {} }}", t.a),
-        ),
-        tenant(
-            "b",
-            &["b.test"],
-            &xchacha(&new_key()),
-            &policy,
-            &format!("limits = {{ {} }}", t.b),
-        ),
-    ]
-    .concat();
-    write(dir, &text)
+    let tenants = [("a", t.a), ("b", t.b)].map(|(id, limits)| {
+        let host = format!("{id}.test");
+        let limits = format!("limits = {{ {limits} }}");
+        tenant(id, &[&host], &xchacha(&new_key()), &policy, &limits)
+    });
+    write(dir, &(head + &tenants.concat()))
 }

@@ -315,18 +315,24 @@ fn status_field(pid: i32, name: &str) -> String {
 /// The first live job process called `comm` (a stalled upstream keeps it alive), once it
 /// is confined: a pool worker names itself before it takes its limits, `no_new_privs` last.
 async fn live(sc: &Sidecar, comm: &str) -> i32 {
+    let pid = live_where(sc, comm, |pid| status_field(pid, "NoNewPrivs") == "1").await;
+    assert!(pid.is_some(), "no live {comm}:\n{}", sc.logs());
+    pid.unwrap()
+}
+
+/// Waits for a live job process called `comm` for which `is` holds; `None` at [`SLOW`].
+async fn live_where(sc: &Sidecar, comm: &str, is: impl Fn(i32) -> bool) -> Option<i32> {
     let mut pid = None;
-    let found = wait_until(SLOW, || {
+    wait_until(SLOW, || {
         pid = sc
             .job_processes()
             .into_iter()
-            .find(|p| p.comm == comm && status_field(p.pid, "NoNewPrivs") == "1")
+            .find(|p| p.comm == comm && is(p.pid))
             .map(|p| p.pid);
         pid.is_some()
     })
     .await;
-    assert!(found, "no live {comm}:\n{}", sc.logs());
-    pid.unwrap()
+    pid
 }
 
 /// What `/proc` says of a confined job process: its three limits and `no_new_privs`.
@@ -503,22 +509,13 @@ fn nobody_ids() -> [String; 3] {
 /// Waits for a live job process called `comm` running as 65534:65534 with no other group;
 /// fails showing the ids of every job process seen.
 async fn live_as_nobody(sc: &Sidecar, comm: &str) -> i32 {
-    let mut pid = None;
-    let found = wait_until(SLOW, || {
-        pid = sc
-            .job_processes()
-            .into_iter()
-            .find(|p| p.comm == comm && ids(p.pid) == nobody_ids())
-            .map(|p| p.pid);
-        pid.is_some()
-    })
-    .await;
+    let pid = live_where(sc, comm, |pid| ids(pid) == nobody_ids()).await;
     let seen: Vec<_> = sc
         .job_processes()
         .into_iter()
         .map(|p| (p.comm.clone(), ids(p.pid)))
         .collect();
-    assert!(found, "no {comm} as 65534: {seen:?}\n{}", sc.logs());
+    assert!(pid.is_some(), "no {comm} as 65534: {seen:?}\n{}", sc.logs());
     let pid = pid.unwrap();
     eprintln!("{comm} ({pid}): {:?}", ids(pid));
     pid
